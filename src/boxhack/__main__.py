@@ -1,0 +1,5 @@
+import sys
+
+from boxhack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""The ``boxhack`` command: a thin argparse layer over the library.
+
+Each command group lives in its own module ``boxhack.cli.<group>_cmd`` exposing
+``register(subparsers)``; a command handler receives the parsed ``argparse.Namespace``
+and returns an exit code. User errors (``BoxhackError``) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+
+from boxhack import __version__
+from boxhack.errors import BoxhackError
+
+# Order = order in --help.
+COMMAND_GROUPS = ("data", "train", "monitor", "attack", "experiment", "reproduce", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boxhack",
+        description=(
+            "Attack, test and harden abstraction-based (Outside-the-Box) novelty monitors "
+            "of neural networks."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"boxhack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in COMMAND_GROUPS:
+        try:
+            module = importlib.import_module(f"boxhack.cli.{group}_cmd")
+        except ModuleNotFoundError as exc:  # a group not built yet
+            if exc.name == f"boxhack.cli.{group}_cmd":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except BoxhackError as exc:
+        print(f"boxhack: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("boxhack: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"boxhack: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if os.environ.get("BOXHACK_DEBUG"):
+            pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""``boxhack train``: train one of the paper's networks reproducibly."""
+
+from __future__ import annotations
+
+import sys
+
+from boxhack.data import load_dataset
+from boxhack.models.io import save_model
+from boxhack.models.train import train_model
+from boxhack.models.zoo import NETWORKS, net_spec
+
+
+def register(sub) -> None:
+    nets = "; ".join(f"{name}: {spec.description}" for name, (spec, _) in NETWORKS.items())
+    p = sub.add_parser(
+        "train",
+        help="train a network and save model.pt + model.json",
+        description=f"Train a network reproducibly (same seed -> same weights). Networks: {nets}.",
+    )
+    p.add_argument("--net", required=True, choices=list(NETWORKS), help="network architecture")
+    p.add_argument("--data", default=None, help="data set (default: the network's own: mnist, xor or tanh)")
+    p.add_argument("--classes", default=None, help="class subset, e.g. 0-9, 0-4, 0,1 (default: all)")
+    p.add_argument("--data-dir", default=None, help="folder with IDX files (full MNIST / Fashion-MNIST)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (default 0)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default per network)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default per network)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    p.add_argument("--out", required=True, help="output directory for model.pt and model.json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    p.set_defaults(handler=_train)
+
+
+def _train(args) -> int:
+    spec = net_spec(args.net)
+    ds = load_dataset(
+        args.data or spec.dataset, args.classes, data_dir=args.data_dir, split_seed=args.split_seed
+    )
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    model, info = train_model(
+        args.net, ds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, device=args.device, log=log,
+    )
+    out = save_model(model, args.out, info)
+    print(
+        f"{args.net} on {ds.name} classes {','.join(map(str, ds.classes))}: "
+        f"test accuracy {info['test_accuracy']:.4f} (train {info['train_accuracy']:.4f}, "
+        f"{info['train']['seconds']:.1f} s) -> {out}"
+    )
+    return 0

@@ -1,0 +1,88 @@
+"""The networks and monitors the paper's experiments use, trained once and cached.
+
+Experiments name a network by a short key (``xor``, ``tanh``, ``mnist2``, ``mnist3``,
+``mnist10``, ``mnist0-4``); ``prepare_model`` trains it on first use and caches it under
+``root/models/<key>``, ``prepare_monitor`` does the same for a monitor under
+``root/monitors/``. A file lock makes concurrent workers train each artefact only once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from contextlib import contextmanager
+from pathlib import Path
+
+from boxhack.data import Dataset, load_dataset
+from boxhack.errors import BoxhackError
+from boxhack.models.io import load_model, save_model
+from boxhack.models.train import train_model
+
+# key -> (architecture, data set, classes)
+PAPER_NETWORKS: dict[str, tuple[str, str, str | None]] = {
+    "xor": ("xor-mlp", "xor", None),
+    "tanh": ("tanh-mlp", "tanh", None),
+    "mnist2": ("mnist-mlp", "mnist", "0,1"),
+    "mnist3": ("mnist-mlp", "mnist", "0-2"),
+    "mnist10": ("mnist-mlp", "mnist", "0-9"),
+    "mnist0-4": ("mnist-mlp", "mnist", "0-4"),
+    "mnist10-cnn": ("mnist-cnn", "mnist", "0-9"),
+}
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def network_dataset(key: str, split_seed: int = 0) -> Dataset:
+    if key not in PAPER_NETWORKS:
+        raise BoxhackError(f"unknown network key {key!r}; choose one of: {', '.join(PAPER_NETWORKS)}")
+    _, data, classes = PAPER_NETWORKS[key]
+    return load_dataset(data, classes, split_seed=split_seed)
+
+
+def prepare_model(key: str, root: str | Path, *, seed: int = 0):
+    """``(model, info, dataset)`` for network ``key``, trained on first use, then loaded."""
+    arch, _, _ = PAPER_NETWORKS.get(key, (None, None, None))
+    dataset = network_dataset(key)
+    directory = Path(root) / "models" / key
+    with _locked(directory.parent / f".{key}.lock"):
+        if not (directory / "model.json").is_file():
+            model, info = train_model(arch, dataset, seed=seed)
+            save_model(model, directory, info)
+    model, info = load_model(directory)
+    return model, info, dataset
+
+
+def monitor_path(root: str | Path, key: str, n_clusters: int, tolerance: float, layer: str) -> Path:
+    return Path(root) / "monitors" / f"{key}-{layer}-k{n_clusters}-tol{tolerance:g}.npz"
+
+
+def prepare_monitor(
+    key: str,
+    root: str | Path,
+    *,
+    n_clusters: int = 1,
+    tolerance: float = 0.0,
+    layer: str | None = None,
+    seed: int = 0,
+):
+    """``(model, monitor, info, dataset)``: a BoxMonitor fitted on the training split, cached."""
+    from boxhack.monitor import BoxMonitor
+
+    model, info, dataset = prepare_model(key, root, seed=seed)
+    layer = layer or info["default_layer"]
+    path = monitor_path(root, key, n_clusters, tolerance, layer)
+    with _locked(path.with_suffix(".lock")):
+        if not path.is_file():
+            monitor = BoxMonitor(n_clusters=n_clusters, tolerance=tolerance, seed=seed)
+            monitor.fit(model, [layer], dataset.x_train, dataset.y_train)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            monitor.save(path)
+    return model, BoxMonitor.load(path), info, dataset

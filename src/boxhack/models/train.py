@@ -83,6 +83,18 @@ def train_model(
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise BoxhackError(f"need epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})")
     dev = resolve_device(device)
+    # One CPU thread: these networks are too small to gain from more, and torch's CPU
+    # reductions differ with the thread count, so pinning it makes the weights depend on
+    # the seed alone, whichever process (CLI, campaign worker) trains them.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(spec, dataset, epochs, batch_size, lr, seed, dev, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec, dataset, epochs, batch_size, lr, seed, dev, log):
     torch.manual_seed(seed)
     model = build_model(spec.name, dataset.n_classes).to(dev)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)

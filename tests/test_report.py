@@ -1,0 +1,195 @@
+"""The HTML report: every figure embedded, tables and the paper's claims present, user strings
+escaped, re-rendered from the JSONL alone, and seen by a headless browser as a person would."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from boxhack.cli import main
+from boxhack.experiments.reproduce import rebuild_report, reproduce
+from boxhack.report.html import (
+    CHROMIUM_HINT,
+    _ImgParser,
+    check_report,
+    find_chromium,
+    render_report,
+)
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from report_fakes import fake  # needs TESTS_DIR on sys.path
+
+FAKE = "report_fakes.fake"
+BROKEN = "report_fakes.broken"
+
+
+def images(html_text: str) -> list[dict[str, str]]:
+    parser = _ImgParser()
+    parser.feed(html_text)
+    return parser.images
+
+
+def decoded(img: dict[str, str]) -> bytes:
+    prefix = "data:image/png;base64,"
+    assert img["src"].startswith(prefix)
+    return base64.b64decode(img["src"][len(prefix):], validate=True)
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    reproduce(out, experiments=[FAKE], n_jobs=1, progress=False, solve_timeout=7, seed=3)
+    return out
+
+
+def test_report_embeds_every_figure_tables_and_paper_claims(fake_run: Path) -> None:
+    report = fake_run / "report.html"
+    text = report.read_text(encoding="utf-8")
+    summary = json.loads((fake_run / "fake" / "summary.json").read_text())
+
+    imgs = images(text)
+    assert [i["data-figure"] for i in imgs] == [f["path"] for f in summary["figures"]]
+    for img, fig in zip(imgs, summary["figures"], strict=True):
+        assert decoded(img) == (fake_run / "fake" / fig["path"]).read_bytes()
+    # self-contained: no resource is fetched from anywhere
+    assert not re.search(r'(src|href)="(?!data:|#)', text)
+    assert "<link" not in text and "<script" not in text
+
+    # the table, the paper-vs-measured rows (overview and section), configuration, timings
+    assert "Squares &amp; &lt;roots&gt;" in text
+    assert "<td class=\"num\">16</td>" in text  # 4 squared
+    assert text.count("max square 16") == 2
+    assert "The paper's results beside boxhack's" in text
+    assert "solve_timeout" in text and "7" in text
+    assert "Versions" in text and "torch" in text
+    assert "1 experiment(s) ok" in text and "2 of 2 figures embedded" in text
+
+
+def test_report_escapes_user_strings(fake_run: Path) -> None:
+    text = (fake_run / "report.html").read_text(encoding="utf-8")
+    assert "<script>alert" not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert "Fake &lt;b&gt;experiment&lt;/b&gt; &amp; &quot;quotes&quot;" in text
+    assert "<b>experiment</b>" not in text and "<b>bold?</b>" not in text
+    assert "<em>per x</em>" not in text and "&lt;em&gt;per x&lt;/em&gt;" in text
+
+
+def test_reproduce_passes_its_settings_to_the_experiment(fake_run: Path) -> None:
+    given = json.loads((fake_run / "fake" / "given.json").read_text())
+    assert given == {"quick": False, "n_jobs": 1, "seed": 3, "scheduler": None,
+                     "solve_timeout": 7.0, "models_root": str(fake_run / "models"),
+                     "options": []}
+    run = json.loads((fake_run / "run.json").read_text())
+    assert run["experiments"]["fake"]["status"] == "ok"
+    assert run["experiments"]["fake"]["wall_s"] > 0
+    assert run["config"]["seed"] == 3 and run["versions"]["boxhack"]
+
+
+def test_reproduce_passes_the_scheduler_and_options(tmp_path: Path) -> None:
+    # the fake experiment runs in-process whatever it is given; only the pass-through is checked
+    reproduce(tmp_path, experiments=[FAKE], scheduler="tcp://127.0.0.1:8786", quick=True,
+              progress=False, options={"fake": {"n": 2, "extra": 1}})
+    given = json.loads((tmp_path / "fake" / "given.json").read_text())
+    assert given["scheduler"] == "tcp://127.0.0.1:8786" and given["quick"] is True
+    assert given["options"] == ["extra"]
+    summary = json.loads((tmp_path / "fake" / "summary.json").read_text())
+    assert len(summary["tables"][0]["rows"]) == 2
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["machine"]["workers"] == "tcp://127.0.0.1:8786"
+
+
+def test_missing_figure_is_flagged_not_dropped(fake_run: Path) -> None:
+    (fake_run / "fake" / "sub" / "squares.png").unlink()
+    report = render_report(fake_run)
+    text = report.read_text(encoding="utf-8")
+    assert len(images(text)) == 1
+    assert "figure missing: sub/squares.png (file not found)" in text
+    assert "1 of 2 figures embedded" in text
+    result = check_report(report, browser=False)
+    assert not result["ok"]
+    assert any("missing" in p for p in result["problems"])
+    # a file that is not a PNG is not embedded either
+    (fake_run / "fake" / "sub" / "squares.png").write_bytes(b"GIF89a not a png")
+    text = render_report(fake_run).read_text(encoding="utf-8")
+    assert "not a PNG file" in text and len(images(text)) == 1
+
+
+def test_figure_paths_outside_the_run_are_refused(fake_run: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    shutil.copy(fake_run / "fake" / "curves.png", secret)
+    path = fake_run / "fake" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["figures"].append({"path": "../../secret.png", "caption": "escape"})
+    path.write_text(json.dumps(summary))
+    text = render_report(fake_run).read_text(encoding="utf-8")
+    assert len(images(text)) == 2
+    assert "outside the run directory" in text
+
+
+def test_report_cli_rerenders_from_the_jsonl_alone(fake_run: Path) -> None:
+    before = json.loads((fake_run / "fake" / "summary.json").read_text())
+    for p in [*fake_run.glob("fake/**/*.png"), fake_run / "fake" / "summary.json",
+              fake_run / "report.html"]:
+        p.unlink()
+    assert main(["report", str(fake_run)]) == 0
+    after = json.loads((fake_run / "fake" / "summary.json").read_text())
+    before.pop("timing"), after.pop("timing")
+    assert after == before
+    text = (fake_run / "report.html").read_text(encoding="utf-8")
+    assert len(images(text)) == 2
+    for img in images(text):
+        assert decoded(img).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_rebuild_report_shows_a_failing_summarise(fake_run: Path) -> None:
+    rows = fake_run / "fake" / "rows.jsonl"
+    rows.write_text(rows.read_text().replace('"square":', '"squared":'))  # summarise will fail
+    report, errors = rebuild_report(fake_run)
+    assert set(errors) == {"fake"} and "KeyError" in errors["fake"]
+    assert "re-summarising from the JSONL failed: KeyError" in report.read_text(encoding="utf-8")
+    assert main(["report", str(fake_run)]) == 1
+
+
+def test_report_of_a_missing_or_empty_directory(tmp_path: Path) -> None:
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    text = render_report(tmp_path / "empty").read_text(encoding="utf-8")
+    assert "holds no experiment results yet" in text
+
+
+def test_report_without_run_record(tmp_path: Path) -> None:
+    """Experiments run one by one (no run.json): the report still renders, and says so."""
+    fake.run(tmp_path, n_jobs=1, progress=False)
+    text = render_report(tmp_path).read_text(encoding="utf-8")
+    assert "no run.json here" in text and len(images(text)) == 2
+
+
+@pytest.mark.skipif(find_chromium() is None, reason=f"no Chromium: {CHROMIUM_HINT}")
+def test_report_as_seen_in_headless_chromium(fake_run: Path) -> None:
+    from PIL import Image
+
+    png = fake_run / "report.png"
+    result = check_report(fake_run / "report.html", png, width=1400)
+    assert result["ok"], result["problems"]
+    assert result["images"] == 2 and result["expected_figures"] == 2
+    with Image.open(png) as im:
+        assert im.size[0] == 1400 and im.size[1] == result["screenshot_height"] > 900
+    # and the browser check does catch a figure it cannot display
+    text = (fake_run / "report.html").read_text(encoding="utf-8")
+    broken = fake_run / "broken.html"
+    good = base64.b64encode((fake_run / "fake" / "curves.png").read_bytes()).decode()
+    broken.write_text(text.replace(good, base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+                                   .decode()), encoding="utf-8")
+    bad = check_report(broken, fake_run / "broken.png")
+    assert not bad["ok"]
+    assert any("could not decode" in p or "does not decode" in p for p in bad["problems"])

@@ -13,8 +13,9 @@ def add_device_arg(parser) -> None:
     )
 
 
-def print_table(rows: list[dict], columns: list[str] | None = None, file=sys.stdout) -> None:
+def print_table(rows: list[dict], columns: list[str] | None = None, file=None) -> None:
     """Print a list of dicts as an aligned plain-text table."""
+    file = sys.stdout if file is None else file
     if not rows:
         print("(no rows)", file=file)
         return

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError
+from boxhack.monitor.kernels import accept_rows
 from boxhack.monitor.clustering import cluster_class
 
 FORMAT = "boxhack-monitor"
@@ -594,7 +595,14 @@ class BoxMonitor:
         """Boolean (N,): True where the layer vector(s) lie in a box of the predicted class
         (at every monitored layer)."""
         feats, pred = self._prepare_query(features, predicted)
-        return self._margin_np(feats, pred) >= 0
+        out = None
+        for layer in self.layers_:
+            ok = accept_rows(feats[layer], pred, self.lo_[layer], self.hi_[layer],
+                             self.box_class_[layer], self.n_classes_)
+            if ok is None:  # no numba: the vectorised margin path decides identically
+                return self._margin_np(feats, pred) >= 0
+            out = ok if out is None else out & ok
+        return out
 
     def score(self, features, predicted) -> np.ndarray:
         """Graded novelty score (float64, N): 0 inside a box of the predicted class, else

@@ -1,0 +1,109 @@
+"""The combined attack (adversarial attack, then repair to pass the monitor) and its experiment
+(paper section 4.2, figure 9), on the small 3-class MNIST network."""
+
+import json
+
+import numpy as np
+import pytest
+
+from boxhack.errors import BoxhackError
+from boxhack.experiments.combined import CombinedResult, combined_attack
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    from boxhack.experiments.adversarial import select_correct
+    from boxhack.experiments.zoo import prepare_monitor
+
+    root = tmp_path_factory.mktemp("combined-models")
+    model, monitor, _, dataset = prepare_monitor("mnist3", root, n_clusters=1, tolerance=0.0)
+    idx = select_correct(model, dataset, 40, seed=1)
+    return {"root": root, "model": model, "monitor": monitor, "dataset": dataset,
+            "x": dataset.x_test[idx], "y": dataset.y_test[idx]}
+
+
+def test_combined_attack_gradient_repair(small):
+    m, mon, x, y = small["model"], small["monitor"], small["x"], small["y"]
+    res = combined_attack(m, mon, x, y, epsilon=0.15)
+    assert isinstance(res, CombinedResult) and res.final.goal == "combined"
+    # the final verdicts are the monitor's own, on the returned inputs
+    pred, acc = mon.predict(m, res.final.x)
+    assert np.array_equal(pred, res.final.pred) and np.array_equal(acc, res.final.accepted)
+    assert np.array_equal(res.final.success, (pred != y) & acc)
+    # stages: the attack alone, the repair, or failed; the final check has the last word
+    first_ok = (res.first.pred != y) & res.first.accepted
+    assert np.array_equal(res.stage == "adversarial", first_ok & res.final.success)
+    assert np.array_equal(res.stage != "failed", res.final.success)
+    repaired = np.isin(res.stage, ["repair", "fallback"])
+    assert repaired.sum() > 0, "no sample needed a repair: raise epsilon in this test"
+    assert res.final.success.mean() >= 0.9
+    # untouched samples keep their adversarial input exactly
+    assert np.array_equal(res.final.x[first_ok], res.first.x[first_ok])
+    counts = res.counts()
+    assert counts["final_success"] == res.final.success.sum()
+    assert counts["adv_flipped_accepted"] + counts["repaired_rejected"] + \
+        counts["repaired_not_flipped"] == counts["final_success"]
+    # distances are measured from the clean input
+    assert np.allclose(res.final.l1, np.abs(res.final.x - x).reshape(len(x), -1).sum(1), atol=1e-3)
+
+
+def test_combined_attack_without_repair_is_the_attack(small):
+    m, mon, x, y = small["model"], small["monitor"], small["x"][:10], small["y"][:10]
+    res = combined_attack(m, mon, x, y, epsilon=0.15, repair="none")
+    assert np.array_equal(res.final.x, res.first.x)
+    assert np.array_equal(res.final.success, (res.first.pred != y) & res.first.accepted)
+    assert set(res.stage) <= {"adversarial", "failed"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"repair": "magic"}, "unknown repair"),
+    ({"norm": "l7"}, "norm must be"),
+    ({"attack": "nope"}, "unknown attack"),
+    ({"epsilon": -1.0}, ">= 0"),
+])
+def test_combined_attack_errors(small, kwargs, message):
+    with pytest.raises(BoxhackError, match=message):
+        combined_attack(small["model"], small["monitor"], small["x"][:3], small["y"][:3], **kwargs)
+
+
+def test_experiment_quick_rows_summary_figures(small, tmp_path):
+    from boxhack.experiments import combined as exp
+    from boxhack.experiments.jsonl import read_rows
+
+    summary = exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"],
+                      key="mnist3", n=12, chunk=6, epsilon=0.15)
+    rows = read_rows(tmp_path / "combined" / "rows.jsonl")
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    counts = summary["counts"]
+    assert counts["samples"] == 12
+    assert counts["final: misclassified and accepted"] == sum(
+        sum(r["result"]["final"]["success"]) for r in rows)
+    assert counts["flipped and accepted after the attack alone"] <= \
+        counts["final: misclassified and accepted"]
+    assert summary["paper"][0]["measured"].startswith(f"{counts['final: misclassified and accepted']}/12")
+    paths = [f["path"] for f in summary["figures"]]
+    assert "figure9.png" in paths
+    for p in paths:
+        assert (tmp_path / "combined" / p).read_bytes()[:4] == b"\x89PNG"
+    on_disk = json.loads((tmp_path / "combined" / "summary.json").read_text())
+    assert on_disk["tables"] == summary["tables"]
+    assert exp.summarise(tmp_path, models_root=small["root"])["tables"] == summary["tables"]
+
+
+def test_experiment_bad_option(tmp_path):
+    from boxhack.experiments import combined as exp
+
+    with pytest.raises(BoxhackError, match="no option"):
+        exp.run(tmp_path, quick=True, n_jobs=1, progress=False, colour="red")
+    with pytest.raises(BoxhackError, match="unknown repair"):
+        exp.run(tmp_path, quick=True, n_jobs=1, progress=False, repair="magic")
+
+
+def test_cli_experiment_help(capsys):
+    from boxhack.cli import main
+
+    for name in ("adversarial", "combined"):
+        with pytest.raises(SystemExit) as exc:
+            main(["experiment", name, "--help"])
+        assert exc.value.code == 0
+    assert "--repair" in capsys.readouterr().out

@@ -1,0 +1,965 @@
+"""Monitor-aware white-box attacks: batched, minimal-norm or fixed-budget, on model + monitor.
+
+An attacker who can see the boxes attacks the classifier and the monitor *together*. Both
+are piecewise linear in the input (ReLU networks, box faces), so gradients exist almost
+everywhere and a few dozen normalised gradient steps replace hours of global optimisation.
+
+Every goal is written as two constraints on a candidate class ``t`` per row::
+
+    g1(x) = z_t(x) - max_{j != t} z_j(x)      >= slack   (the model predicts t)
+    g2(x) = sigma * margin(x, t)               >= slack   (sigma = +1: accepted, -1: rejected)
+
+``margin`` is :meth:`BoxMonitor.forward_margin`'s differentiable box margin (``>= 0`` iff the
+input is accepted as ``t``). The goals map to rows as
+
+- ``"dos"`` (Attack 1): ``t = c0`` (the original prediction), sigma = -1;
+- ``"intrude"`` (Attack 2 as in the paper): ``t = c0``, sigma = +1;
+- ``"intrude-target"``: ``t = targets``, sigma = +1;
+- ``"intrude-any"``: several candidate classes per sample (``c0`` first, then the classes with
+  the largest logits), sigma = +1; the best verified candidate wins;
+- ``"combined"`` (misclassified and accepted): candidate classes ``t != label``, ranked by
+  logit at the start point (the ``starts`` prediction first), sigma = +1.
+
+Minimal mode (default) is a Fast-Minimum-Norm-style search (Pintor et al., NeurIPS 2021) with
+two constraints: each step takes the constraint with the smallest *normalised* slack
+``(g_k - slack) / ||grad g_k||_dual`` (a linearised distance in the attack's norm), steps along
+its normalised gradient (dropping the part that would break the other constraint when that one
+is near), and projects onto an adaptive norm ball of radius ``eps_k``: while no feasible point
+is known ``eps_k = ||delta|| + linearised distance`` (a DeepFool-like jump, growing at most
+10 % per step), afterwards ``eps`` shrinks by ``(1 - gamma)`` (or half-way back by the
+linearised depth) on feasible and grows by ``(1 + gamma)`` on infeasible iterates, ``gamma``
+and the step size cosine-annealed. For "dos" the search starts just beyond the box face that
+is nearest in the attack norm to first order (``face_init``). Details and measurements:
+docs/attacks-gradient.md. Rows stop early once their best
+verified norm has not improved for ``patience`` steps, and the batch is refilled from the
+queue, so the batch stays full. Budget mode is PGD: the same normalised steps inside the fixed
+``epsilon`` ball, each row stopping at its first verified success.
+
+Pixel space is [0, 1] at every step (clamping only ever moves a pixel towards ``x0``, so the
+norm ball is kept). A point counts as found only when the exact float32 model and monitor
+accept it (``monitor.predict`` on the candidates every ``verify_every`` steps, and
+:func:`boxhack.attacks.verify.verify` on the final points, the single place success is decided).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from boxhack.attacks.verify import AttackResult, as_batch, decide, verify
+from boxhack.errors import BoxhackError
+
+GOALS_SUPPORTED = ("dos", "intrude", "intrude-any", "intrude-target", "combined")
+NORMS = ("l1", "l2", "linf")
+MODES = ("minimal", "budget")
+
+# default (steps, lr) per mode; lr is the initial step length relative to the current radius
+_DEFAULT_STEPS = {"minimal": 50, "budget": 100}
+_DEFAULT_LR = {
+    ("minimal", "l1"): 0.06, ("minimal", "l2"): 0.1, ("minimal", "linf"): 0.1,
+    ("budget", "l1"): 0.5, ("budget", "l2"): 0.5, ("budget", "linf"): 0.25,
+}  # fmt: skip
+_DUAL = {"l1": math.inf, "l2": 2.0, "linf": 1.0}
+
+
+# ----------------------------------------------------------------------------- norm helpers
+def lp_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
+    """Row norms of a flat (R, D) tensor."""
+    if norm == "l2":
+        return torch.linalg.vector_norm(d, 2, dim=1)
+    if norm == "l1":
+        return d.abs().sum(1)
+    return d.abs().amax(1)
+
+
+def dual_norm(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """Row norms of a gradient in the dual of ``norm`` (l1 <-> linf, l2 <-> l2)."""
+    p = _DUAL[norm]
+    if p == 2.0:
+        return torch.linalg.vector_norm(g, 2, dim=1)
+    if p == 1.0:
+        return g.abs().sum(1)
+    return g.abs().amax(1)
+
+
+def project_l1_ball(d: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each row onto the L1 ball of radius ``eps`` (Duchi et al. 2008),
+    batched; rows already inside are unchanged. Soft-thresholding: makes ``d`` sparse."""
+    a = d.abs()
+    outside = a.sum(1) > eps
+    if not bool(outside.any()):
+        return d
+    u, _ = torch.sort(a[outside], dim=1, descending=True)
+    e = eps[outside].unsqueeze(1)
+    css = torch.cumsum(u, 1) - e
+    idx = torch.arange(1, u.shape[1] + 1, device=d.device, dtype=d.dtype)
+    cond = (u - css / idx) > 0
+    rho = cond.to(torch.int64).cumsum(1).argmax(1, keepdim=True)  # last True (cond is a prefix)
+    theta = (css.gather(1, rho) / (rho + 1).to(d.dtype)).clamp_min(0)
+    out = d.clone()
+    out[outside] = torch.sign(d[outside]) * (a[outside] - theta).clamp_min(0)
+    return out
+
+
+def project_ball(d: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Project rows of ``d`` onto the ``norm`` ball of per-row radius ``eps``."""
+    if norm == "l2":
+        n = torch.linalg.vector_norm(d, 2, dim=1).clamp_min(1e-30)
+        return d * torch.clamp(eps / n, max=1.0).unsqueeze(1)
+    if norm == "linf":
+        e = eps.unsqueeze(1)
+        return torch.maximum(torch.minimum(d, e), -e)
+    return project_l1_ball(d, eps)
+
+
+def steepest_direction(g: torch.Tensor, norm: str, l1_sparsity: float) -> torch.Tensor:
+    """Unit-norm (in ``norm``) ascent direction from gradient rows ``g``.
+
+    L2: ``g / ||g||_2``; Linf: ``sign(g)``; L1: the signs of the largest ``l1_sparsity``
+    fraction of gradient entries, each ``1/k`` (a sparse step of L1 length 1)."""
+    if norm == "l2":
+        return g / torch.linalg.vector_norm(g, 2, dim=1, keepdim=True).clamp_min(1e-30)
+    if norm == "linf":
+        return torch.sign(g)
+    k = max(1, round(l1_sparsity * g.shape[1]))
+    a = g.abs()
+    thr = torch.topk(a, k, dim=1).values[:, -1:]
+    mask = (a >= thr) & (a > 0)
+    cnt = mask.sum(1, keepdim=True).clamp_min(1)
+    return torch.sign(g) * mask / cnt
+
+
+def l1_fill(g: torch.Tensor, x: torch.Tensor, gap: torch.Tensor, k: int = 64):
+    """First-order L1 distance with the pixel box: the cheapest ``delta`` (in L1) with
+    ``g . delta >= gap`` and ``x + delta`` in [0, 1] fills the pixels of largest ``|g|`` to their
+    bound, in order (a greedy, exact for a linear function). Only the ``k`` most sensitive
+    pixels are used; beyond them the rate of the k-th is extrapolated.
+
+    Returns ``(cost (n,), step (n, D))``."""
+    n, D = g.shape
+    k = min(k, D)
+    cap = x + (g > 0).to(x.dtype) * (1 - 2 * x)  # room: 1 - x going up, x going down
+    vals, idx = torch.topk(g.abs(), k, dim=1)
+    c = cap.gather(1, idx)
+    G = torch.cumsum(vals * c, 1)
+    C = torch.cumsum(c, 1)
+    reach = G >= gap.unsqueeze(1)
+    kk = torch.where(reach.any(1), reach.to(torch.int64).argmax(1), torch.full_like(gap, k - 1, dtype=torch.int64))
+    r = torch.arange(n, device=g.device)
+    g_prev = torch.where(kk > 0, G[r, (kk - 1).clamp_min(0)], torch.zeros_like(gap))
+    c_prev = torch.where(kk > 0, C[r, (kk - 1).clamp_min(0)], torch.zeros_like(gap))
+    last = ((gap - g_prev).clamp_min(0) / vals[r, kk].clamp_min(1e-30))
+    cost = c_prev + last
+    amount = torch.where(torch.arange(k, device=g.device).unsqueeze(0) < kk.unsqueeze(1), c,
+                         torch.zeros_like(c))
+    amount[r, kk] = last
+    step = torch.zeros_like(g)
+    step.scatter_(1, idx, amount * torch.sign(g.gather(1, idx)))
+    bad = ~torch.isfinite(gap) | (vals[:, 0] <= 0)
+    cost = torch.where(bad, torch.full_like(cost, math.inf), cost)
+    return cost, step
+
+
+def _cosine(k: torch.Tensor, steps: int, start: float, end: float) -> torch.Tensor:
+    c = (1 + torch.cos(math.pi * torch.clamp(k.to(torch.float32) / steps, max=1.0))) / 2
+    return end + (start - end) * c
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise BoxhackError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def _class_vector(a, n: int, n_classes: int, what: str) -> np.ndarray:
+    arr = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    if arr.ndim == 0:
+        arr = np.full(n, arr)
+    if arr.shape != (n,):
+        raise BoxhackError(f"{what} must have one class index per input ({n}), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+            arr = arr.astype(np.int64)
+        else:
+            raise BoxhackError(f"{what} must be integer class indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if n and (arr.min() < 0 or arr.max() >= n_classes):
+        raise BoxhackError(
+            f"{what} must lie in 0..{n_classes - 1}, got values {int(arr.min())}..{int(arr.max())}"
+        )
+    return arr
+
+
+@dataclass
+class _Rows:
+    """The expanded problem: one row per (sample, candidate class[, box face])."""
+
+    sample: np.ndarray  # (R,) index of the original sample
+    target: torch.Tensor  # (R,) class t of the row
+    face: torch.Tensor  # (R,) "dos": which nearest face the warm start crosses (0 = nearest)
+    x0: torch.Tensor  # (R, D) flat originals
+    start: torch.Tensor  # (R, D) flat start points
+
+
+class MonitorAttack:
+    """Batched white-box attack on a classifier and its box monitor (see the module docstring).
+
+    Parameters
+    ----------
+    goal : "dos" | "intrude" | "intrude-any" | "intrude-target" | "combined"
+    norm : "l1" | "l2" | "linf"  -- the perturbation norm minimised (or bounded).
+    mode : "minimal" (smallest perturbation that succeeds) | "budget" (PGD inside ``epsilon``).
+    epsilon : float or None -- the budget (required in budget mode; in minimal mode an optional
+        upper bound on the norm searched).
+    steps : int -- gradient steps per row (default 100). Rows stop earlier once done.
+    lr : float -- initial step length relative to the current ball radius (cosine-annealed to
+        ``lr / 100`` in minimal mode, ``lr / 10`` in budget mode).
+    seed : int -- seed of the random start (budget mode with ``random_start=True``).
+    batch_size : int -- rows optimised at once (the batch is refilled as rows finish).
+    device : torch device string for the optimisation (the final check runs where the model is).
+    slack : float -- margin (logit and box units) the search aims beyond each boundary, so the
+        float32 re-check passes; candidates need at least ``slack / 2``.
+    gamma : (float, float) -- initial and final radius adaptation factor (minimal mode).
+    patience : int -- steps without a relative improvement of ``rtol`` before a solved row stops.
+    rtol : float -- relative norm improvement that counts as progress.
+    verify_every : int -- steps between exact checks of new candidates.
+    candidates : int -- candidate classes per sample for "intrude-any" and "combined".
+    l1_sparsity : float -- fraction of pixels an L1 step moves.
+    random_start : bool -- budget mode: start from a random point of the ball.
+    face_init : bool -- "dos": start with a first-order jump through the box face nearest in
+        the attack norm (one batched backward over the monitored units).
+    faces : int -- "dos" with ``face_init``: search from each of the ``faces`` nearest faces
+        (one row each) and keep the best verified result.
+    plain_start : bool -- "dos" with ``face_init``: one more row per sample that starts at
+        ``x0`` and follows the margin's own gradient (a different basin, at twice the cost).
+    """
+
+    name = "monitor-fmn"
+    two_gradients = False  # subclasses that need both constraint gradients every step
+    # search constants (docs/attacks-gradient.md)
+    shrink = 0.5  # feasible: pull the radius back by this fraction of the linearised depth
+    grow = 0.1  # no feasible point yet: the radius grows at most 10 % per step
+    retry_boost = 5.0  # step multiplier for the one retry of a row that found nothing
+
+    def __init__(
+        self,
+        goal: str = "dos",
+        norm: str = "l2",
+        mode: str = "minimal",
+        epsilon: float | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        seed: int = 0,
+        batch_size: int = 512,
+        device: str = "cpu",
+        *,
+        slack: float = 1e-3,
+        gamma: tuple[float, float] = (0.05, 0.001),
+        patience: int = 10,
+        rtol: float = 1e-3,
+        verify_every: int = 10,
+        candidates: int = 3,
+        l1_sparsity: float = 0.01,
+        random_start: bool = False,
+        face_init: bool = True,
+        faces: int = 1,
+        plain_start: bool = False,
+    ):
+        self.goal = _check_choice("goal", goal, GOALS_SUPPORTED)
+        self.norm = _check_choice("norm", norm, NORMS)
+        self.mode = _check_choice("mode", mode, MODES)
+        if epsilon is not None:
+            if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)) \
+                    or not math.isfinite(float(epsilon)) or float(epsilon) <= 0:
+                raise BoxhackError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+            epsilon = float(epsilon)
+        if mode == "budget" and epsilon is None:
+            raise BoxhackError("budget mode needs epsilon, the perturbation budget (--eps on the "
+                               "command line), e.g. 0.5 for L2")
+        self.epsilon = epsilon
+        self.steps = _DEFAULT_STEPS[mode] if steps is None else steps
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
+            raise BoxhackError(f"steps must be an integer >= 1, got {steps!r}")
+        self.steps = int(self.steps)
+        self.lr = _DEFAULT_LR[(mode, norm)] if lr is None else lr
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise BoxhackError(f"lr must be a finite number > 0, got {lr!r}")
+        for name, value, lo in (("batch_size", batch_size, 1), ("patience", patience, 1),
+                                ("verify_every", verify_every, 1), ("candidates", candidates, 1),
+                                ("faces", faces, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+                raise BoxhackError(f"{name} must be an integer >= {lo}, got {value!r}")
+        if not (0 < slack < 1):
+            raise BoxhackError(f"slack must be in (0, 1), got {slack!r}")
+        if not (0 < l1_sparsity <= 1):
+            raise BoxhackError(f"l1_sparsity must be in (0, 1], got {l1_sparsity!r}")
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.device = str(device)
+        self.slack = float(slack)
+        self.gamma = (float(gamma[0]), float(gamma[1]))
+        self.patience = int(patience)
+        self.rtol = float(rtol)
+        self.verify_every = int(verify_every)
+        self.candidates = int(candidates)
+        self.l1_sparsity = float(l1_sparsity)
+        self.random_start = bool(random_start)
+        self.face_init = bool(face_init)
+        self.faces = int(faces)
+        self.plain_start = bool(plain_start)
+
+    def __repr__(self) -> str:
+        eps = "" if self.epsilon is None else f", epsilon={self.epsilon:g}"
+        return (f"{type(self).__name__}(goal={self.goal!r}, norm={self.norm!r}, "
+                f"mode={self.mode!r}{eps}, steps={self.steps})")
+
+    # ------------------------------------------------------------------ public entry point
+    def __call__(self, model, monitor, inputs, labels=None, targets=None, starts=None) -> AttackResult:
+        t_start = time.perf_counter()
+        if not getattr(monitor, "is_fitted", True):
+            raise BoxhackError("the monitor is not fitted; fit it or load a saved one first")
+        x0 = as_batch(inputs, "inputs")
+        if x0.ndim < 2:
+            raise BoxhackError(f"inputs must be a batch (N, ...), got shape {x0.shape}")
+        n = len(x0)
+        shape = x0.shape[1:]
+        try:
+            pred0, accepted0 = monitor.predict(model, x0)
+        except BoxhackError:
+            raise
+        except (RuntimeError, ValueError) as exc:
+            raise BoxhackError(
+                f"the model cannot run on inputs of shape {x0.shape}: {str(exc).splitlines()[0]}"
+            )
+        pred0 = np.asarray(pred0, dtype=np.int64)
+        accepted0 = np.asarray(accepted0, dtype=bool)
+        work_model = self._model_on_device(model)
+        dev = torch.device(self.device)
+        was = work_model.training
+        work_model.eval()
+        try:
+            with torch.no_grad():
+                n_out = int(work_model(torch.as_tensor(x0[:1]).to(dev)).shape[1])
+        finally:
+            work_model.train(was)
+        n_classes = max(int(getattr(monitor, "n_classes_", 0) or 0), n_out)
+        labels_arr = None if labels is None else _class_vector(labels, n, n_classes, "labels")
+        targets_arr = None if targets is None else _class_vector(targets, n, n_classes, "targets")
+        if self.goal == "intrude-target" and targets_arr is None:
+            raise BoxhackError("goal 'intrude-target' needs targets (one class index per input)")
+        if starts is not None:
+            s = as_batch(starts, "starts")
+            if s.shape != x0.shape:
+                raise BoxhackError(f"starts have shape {s.shape} but inputs {x0.shape}")
+        else:
+            s = x0
+
+        # samples whose goal already holds at x0 (perturbation 0) are reported, not attacked
+        already = decide(self.goal, pred0, pred0, accepted0, labels_arr, targets_arr)
+        rows = self._build_rows(work_model, monitor, x0, s, pred0, labels_arr, targets_arr,
+                                ~already, n_out, dev)
+        info: dict = {"attack": self.name, "goal": self.goal, "norm": self.norm, "mode": self.mode,
+                      "epsilon": self.epsilon, "steps": self.steps, "already_met": already}
+        x_best, row_stats = self._optimise(work_model, monitor, rows, shape, pred0, labels_arr,
+                                           targets_arr, dev)
+        x_final = x0.copy().reshape(n, -1)
+        best_norm = np.full(n, np.inf)
+        ok_rows = np.isfinite(row_stats["best_norm"])
+        if len(rows.sample):
+            # per sample: its verified row of smallest norm, else its first row's last iterate
+            order = np.lexsort((row_stats["best_norm"], rows.sample))
+            samples, first = np.unique(rows.sample[order], return_index=True)
+            pick = order[first]
+            x_final[samples] = x_best[pick]
+            best_norm[samples] = row_stats["best_norm"][pick]
+        x_final = x_final.reshape(x0.shape)
+        if self.mode == "budget" or self.epsilon is not None:
+            x_final = self._enforce_budget(x0, x_final, float(self.epsilon))
+        result = verify(model, monitor, x0, x_final, self.goal, labels=labels_arr,
+                        targets=targets_arr, pred0=pred0, accepted0=accepted0)
+        lost = ~result.success & np.isfinite(best_norm)
+        if lost.any():  # verified in the search batch, not in this one: push 0.1-5 % further
+            x_final = self._repair(model, monitor, x0, x_final, lost, pred0, labels_arr, targets_arr)
+            result = verify(model, monitor, x0, x_final, self.goal, labels=labels_arr,
+                            targets=targets_arr, pred0=pred0, accepted0=accepted0)
+        wall = time.perf_counter() - t_start
+        info.update(
+            rows=len(rows.sample), iterations=int(row_stats["iterations"]),
+            row_steps=int(row_stats["row_steps"]), forward_passes=int(row_stats["forwards"]),
+            repaired=int(lost.sum()), impossible=row_stats["impossible_samples"],
+            wall_s=wall, samples_per_s=n / wall if wall > 0 else float("inf"),
+        )
+        info["row_ok"] = int(ok_rows.sum())
+        result.info.update(info)
+        return result
+
+    # ------------------------------------------------------------------ set-up
+    def _model_on_device(self, model):
+        dev = torch.device(self.device)
+        try:
+            p = next(model.parameters())
+        except StopIteration:
+            return model
+        if p.device == dev:
+            return model
+        return copy.deepcopy(model).to(dev)
+
+    def _candidate_classes(self, logits: np.ndarray, pred0, labels, targets, start_pred) -> np.ndarray:
+        """(N, C) candidate classes ``t`` per sample (see the module docstring)."""
+        n, k = logits.shape
+        if self.goal in ("dos", "intrude"):
+            return pred0[:, None].copy()
+        if self.goal == "intrude-target":
+            return targets[:, None].copy()
+        ranked = np.argsort(-logits, axis=1, kind="stable")
+        if self.goal == "intrude-any":
+            first, exclude = pred0, np.full(n, -1)
+            c = min(self.candidates, k)
+        else:  # combined: never the reference label; the start's own prediction first
+            exclude = labels if labels is not None else pred0
+            first = np.where(start_pred != exclude, start_pred, -1)
+            c = min(self.candidates, k - 1)
+        out = np.full((n, c), -1, dtype=np.int64)
+        for j in range(c):  # a few columns, each vectorised over samples
+            bad = (ranked == exclude[:, None]) | (ranked[:, :, None] == out[:, None, :j]).any(-1)
+            pick = ranked[np.arange(n), np.argmax(~bad, axis=1)]
+            out[:, j] = np.where(first >= 0, first, pick) if j == 0 else pick
+        return out
+
+    def _build_rows(self, model, monitor, x0, s, pred0, labels, targets, todo, n_out, dev) -> _Rows:
+        n = len(x0)
+        flat0 = torch.as_tensor(x0.reshape(n, -1))
+        flats = torch.as_tensor(s.reshape(n, -1))
+        if self.goal in ("intrude-any", "combined"):
+            with torch.no_grad():
+                logits = torch.cat([model(torch.as_tensor(s[i:i + 4096]).to(dev)).cpu()
+                                    for i in range(0, n, 4096)]).numpy()
+            start_pred = logits.argmax(1)
+        else:
+            logits = np.zeros((n, n_out), np.float32)
+            start_pred = pred0
+        cand = self._candidate_classes(logits, pred0, labels, targets, start_pred)
+        if self.goal == "dos" and self.face_init:  # starts: nearest faces (+ plain, -1)
+            starts = list(range(self.faces)) + ([-1] if self.plain_start else [])
+        else:
+            starts = [-1]
+        f = len(starts)
+        c = cand.shape[1]
+        sample = np.repeat(np.arange(n), c * f)
+        target = np.repeat(cand.reshape(-1), f)
+        face = np.tile(np.asarray(starts), n * c)
+        keep = todo[sample]
+        sample, target, face = sample[keep], target[keep], face[keep]
+        idx = torch.as_tensor(sample)
+        return _Rows(sample=sample, target=torch.as_tensor(target).to(dev),
+                     face=torch.as_tensor(face).to(dev), x0=flat0[idx].to(dev),
+                     start=flats[idx].to(dev))
+
+    # ------------------------------------------------------------------ the search
+    def _constraints(self, model, monitor, x_flat, target, shape):
+        """``(g, logits)``: g (R, 2) = [logit margin of t, sigma * box margin for t]."""
+        logits, m = monitor.forward_margin(model, x_flat.view(-1, *shape), target)
+        zt = logits.gather(1, target.view(-1, 1)).squeeze(1)
+        other = logits.masked_fill(
+            torch.nn.functional.one_hot(target, logits.shape[1]).bool(), -math.inf
+        ).amax(1)
+        g1 = zt - other
+        g2 = -m if self.goal == "dos" else m
+        return torch.stack([g1, g2], 1), logits
+
+    def _direction(self, gr1, gr2, g, choose):
+        """Subclasses with ``two_gradients``: ``(step direction (R, D), pushed constraint (R,))``
+        from both constraint gradients, the constraint values and the default choice."""
+        raise NotImplementedError
+
+    def _optimise(self, model, monitor, rows: _Rows, shape, pred0, labels, targets, dev):
+        """Run the search on every row; returns ``(x (R, D) numpy, stats)``.
+
+        Rows live in a fixed number of *slots* (``batch_size``); every ``verify_every`` steps
+        new candidates are checked exactly, finished rows leave and queued rows take their
+        slots, so the batch stays full and no per-row Python loop runs."""
+        R = len(rows.sample)
+        D = int(np.prod(shape))
+        stats = {"best_norm": np.full(R, np.inf), "iterations": 0, "row_steps": 0, "forwards": 0,
+                 "impossible_samples": np.zeros(len(pred0), dtype=bool)}
+        if R == 0:
+            return np.zeros((0, D), np.float32), stats
+        self._ctx = {
+            "model": model, "monitor": monitor, "shape": shape, "rows": rows,
+            "pred0": pred0[rows.sample],
+            "labels": None if labels is None else labels[rows.sample],
+            "targets": None if targets is None else targets[rows.sample],
+        }
+        cap = self.epsilon if self.epsilon is not None else math.inf
+        self._cap32 = float(np.nextafter(np.float32(cap), np.float32(0))) if math.isfinite(cap) else math.inf
+        delta0, g0 = self._initial_delta(rows, shape, dev, stats)
+        impossible = ~torch.isfinite(g0[:, 1])
+        if bool(impossible.any()):  # the row's class has no box: it can never be accepted as it
+            imp = impossible.cpu().numpy()
+            per_sample = np.ones(len(pred0), dtype=bool)
+            np.logical_and.at(per_sample, rows.sample, imp)
+            present = np.zeros(len(pred0), dtype=bool)
+            present[rows.sample] = True
+            stats["impossible_samples"] = per_sample & present
+        out_x = (rows.x0 + delta0).clone()
+        out_norm = torch.full((R,), math.inf, device=dev)
+        queue = torch.nonzero(~impossible).squeeze(1)
+        slots = self._new_slots(queue[: self.batch_size], delta0)
+        queue = queue[self.batch_size:]
+        it = 0
+        max_iter = self.steps * (2 + R // self.batch_size) + self.verify_every
+        while len(slots["row"]) and it < max_iter:
+            it += 1
+            stats["row_steps"] += len(slots["row"])
+            self._step(slots)
+            stats["forwards"] += 1
+            if it % self.verify_every == 0 or bool((slots["k"] >= self.steps).any()):
+                self._verify_slots(slots)
+                stats["forwards"] += 1
+                fin = self._finished(slots)
+                if bool(fin.any()):
+                    r = slots["row"][fin]
+                    bn = slots["best_norm"][fin]
+                    ok = torch.isfinite(bn).unsqueeze(1)
+                    out_x[r] = torch.where(ok, slots["best_x"][fin], slots["x0"][fin] + slots["delta"][fin])
+                    out_norm[r] = bn
+                    slots = {k: v[~fin] for k, v in slots.items()}
+                if len(queue) and len(slots["row"]) < self.batch_size:
+                    take = self.batch_size - len(slots["row"])
+                    new = self._new_slots(queue[:take], delta0)
+                    queue = queue[take:]
+                    slots = {k: torch.cat([slots[k], new[k]]) for k in slots}
+        if len(slots["row"]):  # the iteration guard hit (should not happen): keep what is known
+            self._verify_slots(slots)
+            r = slots["row"]
+            ok = torch.isfinite(slots["best_norm"]).unsqueeze(1)
+            out_x[r] = torch.where(ok, slots["best_x"], slots["x0"] + slots["delta"])
+            out_norm[r] = slots["best_norm"]
+        stats["iterations"] = it
+        stats["best_norm"] = out_norm.cpu().numpy().astype(np.float64)
+        self._ctx = None
+        return out_x.detach().cpu().numpy(), stats
+
+    # -- initial points ------------------------------------------------------------------
+    def _initial_delta(self, rows: _Rows, shape, dev, stats):
+        """Start perturbations for all rows: the given starts (pulled into the budget, or by
+        bisection towards x0 when already feasible), a random start (budget mode, optional),
+        or for "dos" a jump to the box face nearest in the attack norm (linearised)."""
+        x0 = rows.x0
+        R, D = x0.shape
+        cap32 = self._cap32
+        delta = rows.start - x0
+        if math.isfinite(cap32):
+            delta = project_ball(delta, torch.full((R,), cap32, device=dev), self.norm)
+        if self.mode == "budget" and self.random_start:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed)
+            noise = (torch.rand(R, D, generator=gen) * 2 - 1).to(dev)
+            scale = cap32 / (D if self.norm == "l1" else math.sqrt(D) if self.norm == "l2" else 1)
+            delta = project_ball(delta + noise * scale, torch.full((R,), cap32, device=dev), self.norm)
+        delta = (x0 + delta).clamp_(0, 1) - x0
+        g0 = self._constraints_nograd(x0 + delta, rows.target)
+        stats["forwards"] += 1
+        feasible = (g0 >= self.slack / 2).all(1)
+        moved = delta.abs().amax(1) > 0
+        if bool((feasible & moved).any()):
+            delta = self._bisect(x0, delta, rows.target, feasible & moved)
+            stats["forwards"] += 10
+        if self.goal == "dos" and self.face_init:
+            todo = ~feasible & ~moved & torch.isfinite(g0[:, 1]) & (rows.face >= 0)
+            if bool(todo.any()):
+                idx = torch.nonzero(todo).squeeze(1)
+                delta[idx] = self._face_jump(x0[idx], rows.target[idx], rows.face[idx])
+                stats["forwards"] += 1
+        return delta, g0
+
+    def _constraints_nograd(self, x_flat, target, chunk: int = 4096):
+        with torch.no_grad():
+            return torch.cat([
+                self._constraints(self._ctx["model"], self._ctx["monitor"], x_flat[i:i + chunk],
+                                  target[i:i + chunk], self._ctx["shape"])[0]
+                for i in range(0, len(x_flat), chunk)
+            ])
+
+    def _bisect(self, x0, delta, target, mask, iters: int = 10):
+        idx = torch.nonzero(mask).squeeze(1)
+        lo = torch.zeros(len(idx), device=x0.device)
+        hi = torch.ones(len(idx), device=x0.device)
+        d = delta[idx]
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            g = self._constraints_nograd(x0[idx] + mid.unsqueeze(1) * d, target[idx])
+            ok = (g >= self.slack / 2).all(1)
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(ok, lo, mid)
+        out = delta.clone()
+        out[idx] = (x0[idx] + hi.unsqueeze(1) * d).clamp(0, 1) - x0[idx]
+        return out
+
+    def _face_jump(self, x0, target, rank):
+        """DoS warm start: leave the box of class ``t`` through a face that is near in the
+        attack norm to first order -- the ``rank``-th nearest (0 = nearest) -- landing ``slack``
+        beyond it; FMN then refines around that face. Without this, the search follows the
+        face nearest in *feature* units, which can be several times farther in pixel space.
+
+        Per-unit input gradients come from one batched backward over ``d`` copies of each
+        input; pixels at 0 (1) cannot move down (up), so they are left out of the rates."""
+        from boxhack.models.layers import get_layer, tap
+
+        model, monitor, shape = self._ctx["model"], self._ctx["monitor"], self._ctx["shape"]
+        layers = list(monitor.layers_)
+        relu = [ly for ly in layers if isinstance(get_layer(model, ly), torch.nn.ReLU)]
+        other = [ly for ly in layers if ly not in relu]
+        n, D = x0.shape
+        dev = x0.device
+        n_faces = int(rank.max()) + 1 if len(rank) else 1
+        best = torch.full((n, n_faces), math.inf, device=dev)
+        best_step = torch.zeros(n, n_faces, D, device=dev) if n_faces > 1 else None
+        best_delta = torch.zeros_like(x0)
+        for layer in layers:
+            d = int(monitor.dims_[layer])
+            lo_all, hi_all = monitor.boxes(layer)
+            cls = np.asarray(monitor.box_class_[layer])
+            chunk = max(1, 4096 // d)
+            for c0 in range(0, n, chunk):
+                sl = slice(c0, min(n, c0 + chunk))
+                xs = x0[sl]
+                m = len(xs)
+                xr = xs.repeat_interleave(d, 0).requires_grad_(True)
+                was = model.training
+                model.eval()
+                try:
+                    with tap(model, relu, inputs=True) as pre, tap(model, other) as post:
+                        model(xr.view(-1, *shape))
+                finally:
+                    model.train(was)
+                z = (pre if layer in relu else post)[layer].reshape(m, d, d)
+                diag = z.diagonal(dim1=1, dim2=2)  # (m, d): unit j of copy j
+                grad, = torch.autograd.grad(diag.sum(), xr)
+                grad = grad.view(m, d, D)
+                zv = diag.detach()
+                lo_t, hi_t = self._holding_box(zv, target[sl], lo_all, hi_all, cls,
+                                               layer in relu)
+                # rates: dual norms of the movable part of +grad (up) and -grad (down);
+                # a pixel at 0 only moves up, at 1 only down: with up_ok = [x < 1],
+                # dn_ok = [x > 0] and gn = min(grad, 0), e.g. for L2
+                #   rate_up^2 = sum g^2 up_ok + gn^2 (dn_ok - up_ok),
+                #   rate_dn^2 = sum g^2 dn_ok - gn^2 (dn_ok - up_ok)
+                up_ok = (xs < 1).to(grad.dtype)
+                dn_ok = (xs > 0).to(grad.dtype)
+                both = torch.stack([up_ok, dn_ok], 2)  # (m, D, 2)
+                diff = (dn_ok - up_ok).unsqueeze(2)
+                gn = grad.clamp_max(0) if self.norm != "l1" else None
+                if self.norm == "l2":
+                    full = torch.bmm(grad.square(), both)  # (m, d, 2)
+                    corr = torch.bmm(gn.square_(), diff).squeeze(2)
+                    rate_up = (full[..., 0] + corr).clamp_min(0).sqrt()
+                    rate_dn = (full[..., 1] - corr).clamp_min(0).sqrt()
+                elif self.norm == "linf":
+                    full = torch.bmm(grad.abs(), both)
+                    corr = torch.bmm(gn, diff).squeeze(2)
+                    rate_up = (full[..., 0] - corr).clamp_min(0)
+                    rate_dn = (full[..., 1] + corr).clamp_min(0)
+                else:
+                    rate_up = rate_dn = None
+                gap_up = hi_t - zv  # distance inside, to the upper face
+                gap_dn = zv - lo_t  # NaN where the lower face cannot be crossed
+                need = torch.cat([gap_up, gap_dn], 1).clamp_min(0) + self.slack  # NaN stays
+                if self.norm == "l1":  # pixels saturate: greedy box-aware fill per unit
+                    g2 = grad.reshape(m * d, D)
+                    x2 = xs.repeat_interleave(d, 0)
+                    cost_up, _ = l1_fill(g2, x2, need[:, :d].reshape(-1))
+                    cost_dn, _ = l1_fill(-g2, x2, need[:, d:].reshape(-1))
+                    dist = torch.cat([cost_up.view(m, d), cost_dn.view(m, d)], 1)
+                else:
+                    rates = torch.cat([rate_up, rate_dn], 1)
+                    dist = need / rates.clamp_min(1e-12)
+                    dist = dist.masked_fill(rates <= 0, math.inf)
+                dist = dist.masked_fill(torch.isnan(need), math.inf)
+                k = min(n_faces, dist.shape[1])
+                dk, jk = torch.topk(dist, k, dim=1, largest=False)  # (m, k)
+                for f in range(k):  # a few faces
+                    j = jk[:, f]
+                    unit = j % d
+                    sign = 1.0 - 2.0 * (j >= d).to(grad.dtype)  # +1: up through hi
+                    gj = grad[torch.arange(m, device=dev), unit] * sign.unsqueeze(1)
+                    gj = torch.minimum(torch.maximum(gj, xs * -1e30), (1 - xs) * 1e30)
+                    if self.norm == "l1":
+                        gap_j = need.gather(1, j.view(-1, 1)).squeeze(1)
+                        _, step = l1_fill(gj, xs, torch.nan_to_num(gap_j, posinf=0.0))
+                    else:
+                        step = self._unit_step(gj, dk[:, f])
+                    self._merge_face(best, best_step, best_delta, sl, dk[:, f], step, f)
+        pick = rank.clamp_max(n_faces - 1)
+        if best_step is not None:
+            rows = torch.arange(n, device=dev)
+            best_delta = best_step[rows, pick]
+            ok = torch.isfinite(best[rows, pick])
+        else:
+            ok = torch.isfinite(best[:, 0])
+        best_delta = best_delta * ok.to(best_delta.dtype).unsqueeze(1)
+        if math.isfinite(self._cap32):
+            best_delta = project_ball(best_delta, torch.full((n,), self._cap32, device=dev),
+                                      self.norm)
+        return (x0 + best_delta).clamp(0, 1) - x0
+
+    @staticmethod
+    def _merge_face(best, best_step, best_delta, sl, dist, step, f):
+        """Keep, per row, the ``n_faces`` smallest distances over layers (sorted insertion)."""
+        if best_step is None:  # one face: a running minimum
+            take = dist < best[sl, 0]
+            best[sl, 0] = torch.where(take, dist, best[sl, 0])
+            best_delta[sl] = torch.where(take.unsqueeze(1), step, best_delta[sl])
+            return
+        bs, bst = best[sl], best_step[sl]
+        dcat = torch.cat([bs, dist.unsqueeze(1)], 1)
+        scat = torch.cat([bst, step.unsqueeze(1)], 1)
+        order = torch.argsort(dcat, dim=1)[:, : bs.shape[1]]
+        best[sl] = dcat.gather(1, order)
+        best_step[sl] = scat.gather(1, order.unsqueeze(2).expand(-1, -1, scat.shape[2]))
+
+    def _unit_step(self, gj, dist):
+        """L2 / Linf: the first-order step of length ``dist`` raising a unit with gradient
+        ``gj`` (L1 uses :func:`l1_fill`)."""
+        dist = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))
+        if self.norm == "l2":
+            return gj * (dist / torch.linalg.vector_norm(gj, 2, 1).clamp_min(1e-30)).unsqueeze(1)
+        return torch.sign(gj) * dist.unsqueeze(1)
+
+    @staticmethod
+    def _holding_box(zv, target, lo_all, hi_all, cls, relu_pre):
+        """Per row, the (lo, hi) of the class-``t`` box that holds ``zv`` most deeply; ``lo`` is
+        NaN where the lower face cannot be crossed (ReLU pre-activation with ``lo <= 0``)."""
+        m, d = zv.shape
+        dev = zv.device
+        lo_t = torch.full((m, d), math.nan, device=dev)
+        hi_t = torch.full((m, d), math.nan, device=dev)
+        tg = target.cpu().numpy()
+        for c in np.unique(tg):  # per class, not per sample
+            sel = torch.as_tensor(np.flatnonzero(tg == c), device=dev)
+            b = np.flatnonzero(cls == c)
+            if len(b) == 0:
+                continue
+            L = torch.as_tensor(lo_all[b], device=dev)
+            H = torch.as_tensor(hi_all[b], device=dev)
+            v = zv[sel].unsqueeze(1)
+            low_ok = (L > 0) if relu_pre else torch.ones_like(L, dtype=torch.bool)
+            lower = torch.where(low_ok, v - L, torch.full_like(L, math.inf))
+            kb = torch.minimum(lower, H - v).amin(-1).argmax(1)
+            lo_t[sel] = torch.where(low_ok[kb], L[kb], torch.full_like(L[kb], math.nan))
+            hi_t[sel] = H[kb]
+        return lo_t, hi_t
+
+    # -- slots ---------------------------------------------------------------------------
+    def _new_slots(self, ids: torch.Tensor, delta0: torch.Tensor) -> dict:
+        rows = self._ctx["rows"]
+        x0 = rows.x0[ids]
+        b = len(ids)
+        dev = x0.device
+        budget = self.mode == "budget"
+        inf = torch.full((b,), math.inf, device=dev)
+        return {
+            "row": ids, "x0": x0, "delta": delta0[ids].clone(), "target": rows.target[ids],
+            "eps": torch.full((b,), self._cap32 if budget else math.inf, device=dev),
+            "worst": lp_norm(torch.maximum(x0, 1 - x0), self.norm),
+            "best_norm": inf.clone(), "best_x": x0.clone(), "cand_norm": inf.clone(),
+            "cand_x": x0.clone(), "has_cand": torch.zeros(b, dtype=torch.bool, device=dev),
+            "found": torch.zeros(b, dtype=torch.bool, device=dev),
+            "n_est": torch.full((b, 2), math.nan, device=dev),
+            "k": torch.zeros(b, dtype=torch.int64, device=dev),
+            "ref_norm": inf.clone(), "ref_step": torch.zeros(b, dtype=torch.int64, device=dev),
+            "boost": torch.ones(b, device=dev),
+        }
+
+    def _step(self, S: dict) -> None:
+        """One normalised gradient step for every slot (in place)."""
+        norm, slack, budget = self.norm, self.slack, self.mode == "budget"
+        x0, delta = S["x0"], S["delta"]
+        xa = (x0 + delta).requires_grad_(True)
+        g, _ = self._constraints(self._ctx["model"], self._ctx["monitor"], xa, S["target"],
+                                 self._ctx["shape"])
+        gd = g.detach()
+        feas = (gd >= slack / 2).all(1)
+        dn = lp_norm(delta, norm)
+        known = torch.minimum(S["best_norm"], S["cand_norm"])
+        better = feas & (dn < known) & (dn <= self._cap32)
+        if bool(better.any()):
+            S["cand_norm"] = torch.where(better, dn, S["cand_norm"])
+            S["cand_x"][better] = xa.detach()[better]
+            S["has_cand"] |= better
+            known = torch.minimum(known, S["cand_norm"])
+        S["found"] |= feas
+        n_est = S["n_est"]
+        k = S["k"]
+        alpha = _cosine(k, self.steps, self.lr, self.lr / (10.0 if budget else 100.0))
+        alpha = (alpha * S["boost"]).clamp_max(1.0)
+        fresh = torch.isnan(n_est[:, 0])
+        score = (gd - slack) / n_est.clamp_min(1e-12)  # normalised slack (linearised distance)
+        # the other constraint is "near" when this step could break it
+        near = score.amax(1) < 2 * alpha * S["eps"].clamp_max(1e30)
+        if self.two_gradients or bool(fresh.any()) or bool(near.any()):
+            gr1, = torch.autograd.grad(g[:, 0].sum(), xa, retain_graph=True)
+            gr2, = torch.autograd.grad(g[:, 1].sum(), xa)
+            n_est = torch.stack([dual_norm(gr1, norm), dual_norm(gr2, norm)], 1)
+            ne = n_est.clamp_min(1e-12)
+            score = (gd - slack) / ne
+            choose = score.argmin(1)
+            if self.two_gradients:
+                grads, choose = self._direction(gr1, gr2, gd, choose)
+            else:
+                w = (choose == 0).to(gr1.dtype).unsqueeze(1)
+                gc = torch.lerp(gr2, gr1, w)
+                go = torch.lerp(gr1, gr2, w)
+                # gradient surgery: where the other constraint is near and the two gradients
+                # conflict, drop the component of the step that would break it
+                near = score.amax(1) < 2 * alpha * S["eps"].clamp_max(1e30)
+                dot = (gc * go).sum(1)
+                coef = torch.where(near & (dot < 0), dot / (go * go).sum(1).clamp_min(1e-30),
+                                   torch.zeros_like(dot))
+                grads = gc - coef.unsqueeze(1) * go
+        else:
+            choose = score.argmin(1)  # the constraint to push: smallest normalised slack
+            sel = g.gather(1, choose.view(-1, 1))
+            grads, = torch.autograd.grad(sel.sum(), xa)
+            n_est = n_est.scatter(1, choose.view(-1, 1), dual_norm(grads, norm).view(-1, 1))
+        S["n_est"] = n_est
+        gch = gd.gather(1, choose.view(-1, 1)).squeeze(1)
+        nch = n_est.gather(1, choose.view(-1, 1)).squeeze(1).clamp_min(1e-12)
+        xd = xa.detach()
+        # pixels at 0 cannot go down, at 1 not up: clip those gradient entries to 0
+        # (min/max against +-1e30-scaled bounds: much faster than boolean masks on CPU)
+        grads = torch.minimum(torch.maximum(grads, xd * -1e30), (1 - xd) * 1e30)
+        if budget:
+            e = S["eps"]
+            # step length: relative to the radius, but never much beyond the linearised
+            # distance to the goal (large budgets would otherwise make PGD jump about)
+            reach = dn + 2 * (slack - gch).clamp_min(0) / nch
+            step_len = alpha * torch.minimum(e, reach.clamp_min(1e-3 * e))
+        else:
+            gamma = _cosine(k, self.steps, *self.gamma)
+            e_prev = S["eps"]
+            dist = (slack - gch) / nch  # < 0: how far inside the feasible set (linearised)
+            if norm == "l1":  # pixels saturate: the box-aware first-order L1 distance
+                out = (dist > 0) & ~S["found"]
+                if bool(out.any()):
+                    cost, _ = l1_fill(grads[out], xd[out], (slack - gch)[out])
+                    dist = dist.clone()
+                    dist[out] = torch.where(torch.isfinite(cost), cost, dist[out])
+            # feasible: shrink by (1 - gamma) as FMN, or at once to the linearised boundary
+            # when it is much closer (at most halving the radius per step)
+            inside = torch.maximum(dn + self.shrink * dist, dn / 2)
+            e = torch.where(
+                feas, torch.minimum(torch.minimum(e_prev * (1 - gamma), known), inside),
+                torch.where(S["found"] & torch.isfinite(e_prev), e_prev * (1 + gamma),
+                            # not found yet: the linearised distance, but growing at most
+                            # geometrically (a PGD-like search on slowly widening spheres;
+                            # a bad linearisation cannot make the radius run away)
+                            torch.minimum(dn + dist.clamp_min(0), e_prev * (1 + self.grow))),
+            )
+            e = torch.minimum(e, S["worst"]).clamp_max(self._cap32)
+            S["eps"] = e
+            step_len = alpha * e
+        u = steepest_direction(grads, norm, self.l1_sparsity)
+        d_new = torch.addcmul(delta, step_len.unsqueeze(1), u)
+        d_new = project_ball(d_new, e, norm)
+        S["delta"] = (x0 + d_new).clamp_(0, 1) - x0
+        S["k"] = k + 1
+
+    def _verify_slots(self, S: dict) -> None:
+        """Exact float32 check (``monitor.predict``) of pending candidates; promote passes."""
+        idx = torch.nonzero(S["has_cand"]).squeeze(1)
+        if len(idx) == 0:
+            return
+        ctx = self._ctx
+        rows_i = S["row"][idx].cpu().numpy()
+        xs = S["cand_x"][idx].detach().cpu().numpy().reshape(-1, *ctx["shape"])
+        pred, acc = ctx["monitor"].predict(ctx["model"], xs)
+        pred = np.asarray(pred)
+        ok = decide(self.goal, ctx["pred0"][rows_i], pred, np.asarray(acc, bool),
+                    None if ctx["labels"] is None else ctx["labels"][rows_i],
+                    None if ctx["targets"] is None else ctx["targets"][rows_i])
+        if self.goal != "intrude-any":  # the row's own class must be the one reached
+            ok &= pred == S["target"][idx].cpu().numpy()
+        good = idx[torch.as_tensor(ok, device=idx.device)]
+        good = good[S["cand_norm"][good] < S["best_norm"][good]]
+        S["best_norm"][good] = S["cand_norm"][good]
+        S["best_x"][good] = S["cand_x"][good]
+        S["has_cand"][idx] = False
+        S["cand_norm"][idx] = math.inf
+
+    def _finished(self, S: dict) -> torch.Tensor:
+        bn = S["best_norm"]
+        improved = bn < S["ref_norm"] * (1 - self.rtol)
+        S["ref_norm"] = torch.where(improved, bn, S["ref_norm"])
+        S["ref_step"] = torch.where(improved, S["k"], S["ref_step"])
+        solved = torch.isfinite(bn)
+        if self.mode == "minimal":
+            solved &= S["k"] - S["ref_step"] >= self.patience
+        out = S["k"] >= self.steps
+        # a minimal-mode row that found nothing gets one more round from x0 with bolder steps
+        retry = out & ~torch.isfinite(bn) & (S["boost"] == 1) & (self.mode == "minimal")
+        if bool(retry.any()):
+            S["k"] = torch.where(retry, torch.zeros_like(S["k"]), S["k"])
+            S["boost"] = torch.where(retry, torch.full_like(S["boost"], self.retry_boost), S["boost"])
+            S["eps"] = torch.where(retry, torch.full_like(S["eps"], math.inf), S["eps"])
+            S["delta"] = S["delta"] * (~retry).to(S["delta"].dtype).unsqueeze(1)
+            S["n_est"] = torch.where(retry.unsqueeze(1), torch.full_like(S["n_est"], math.nan),
+                                     S["n_est"])
+            out &= ~retry
+        return solved | out
+
+    # ------------------------------------------------------------------ final touches
+    def _enforce_budget(self, x0: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
+        """Make ``||x - x0|| <= eps`` hold exactly as verify measures it (float32 differences,
+        float64 norms): Linf by nudging offending pixels towards x0 one float32 step at a time,
+        L1/L2 by shrinking the perturbation until it fits."""
+        n = len(x)
+        xf = x.reshape(n, -1).astype(np.float32, copy=True)
+        x0f = x0.reshape(n, -1)
+        for _ in range(64):
+            d = (xf - x0f).astype(np.float64)
+            if self.norm == "linf":
+                bad = np.abs(d) > eps
+                if not bad.any():
+                    break
+                xf[bad] = np.nextafter(xf[bad], x0f[bad])
+            else:
+                nrm = np.abs(d).sum(1) if self.norm == "l1" else np.sqrt((d * d).sum(1))
+                over = nrm > eps
+                if not over.any():
+                    break
+                scale = (eps / nrm[over]) * (1 - 1e-6)
+                xf[over] = np.clip(x0f[over] + (d[over] * scale[:, None]).astype(np.float32), 0, 1)
+        return xf.reshape(x.shape)
+
+    def _repair(self, model, monitor, x0, x, lost, pred0, labels, targets):
+        """Rows verified during the search but not in the final batch (BLAS batch-size rounding):
+        try ``x0 + (1 + eta) (x - x0)`` for a few small eta, keep the first that verifies."""
+        out = x.copy()
+        idx = np.flatnonzero(lost)
+        for eta in (1e-3, 1e-2, 5e-2):
+            if len(idx) == 0:
+                break
+            cand = np.clip(x0[idx] + (1 + eta) * (x[idx] - x0[idx]), 0, 1).astype(np.float32)
+            if self.mode == "budget" or self.epsilon is not None:
+                cand = self._enforce_budget(x0[idx], cand, float(self.epsilon))
+            pred, acc = monitor.predict(model, cand)
+            ok = decide(self.goal, pred0[idx], np.asarray(pred), np.asarray(acc, bool),
+                        None if labels is None else labels[idx],
+                        None if targets is None else targets[idx])
+            out[idx[ok]] = cand[ok]
+            idx = idx[~ok]
+        return out
+
+
+def attack(model, monitor, inputs, *, goal: str = "dos", norm: str = "l2", mode: str = "minimal",
+           epsilon: float | None = None, labels=None, targets=None, starts=None, **options) -> AttackResult:
+    """Functional shortcut: ``MonitorAttack(goal, norm, mode, epsilon, **options)(model, ...)``."""
+    return MonitorAttack(goal=goal, norm=norm, mode=mode, epsilon=epsilon, **options)(
+        model, monitor, inputs, labels=labels, targets=targets, starts=starts
+    )

@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 # Cap threads so tests and demos behave the same on a 2-core CI machine.
 export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
+export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
 .PHONY: venv demo test bench lint clean

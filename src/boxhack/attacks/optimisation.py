@@ -1,0 +1,790 @@
+"""The paper's optimisation attacks on a classifier and its box monitor, solved with SciPy.
+
+Four problems, {Attack 1, Attack 2} x {L1, L2} (Hajj Ibrahim & Nassar, section 3.1), from an
+input ``x0`` whose prediction is ``c = predict(x0)``:
+
+- Attack 1, ``goal="dos"`` (valid -> invalid): ``x0`` accepted; find the closest ``x`` with
+  ``predict(x) = c`` and the monitor rejecting ``x``.
+- Attack 2, ``goal="intrude"`` (invalid -> valid): ``x0`` rejected; find the closest ``x`` with
+  ``predict(x) = c`` and the monitor accepting ``x``. ``"intrude-any"`` accepts any predicted
+  class; ``"combined"`` asks for ``predict(x) != label`` and acceptance (the paper's attack on
+  FGSM outputs, which drops the same-prediction constraint).
+- Distance: ``norm="l1"`` with the paper's auxiliary variables in the input space (minimise
+  ``sum z`` subject to ``z_i >= +-(x_i - x0_i)``; in a subspace, where n auxiliary variables
+  would defeat the purpose, the L1 distance itself); ``norm="l2"``: ``||x - x0||_2`` (minimised
+  as its square, which has the same minimisers and is smooth at ``x0``).
+
+Constraint encodings (``encoding=``):
+
+- ``"indicator"``: the paper's literal constraints, ``monitor(x) = 0/1`` and
+  ``predict(x) = c``, as 0/1 indicators written ``indicator - 0.5 >= 0`` (exact float32 model
+  and monitor). Piecewise constant: every gradient is zero, finite differences see nothing.
+- ``"margin"``: the same feasible set as continuous functions with exact torch gradients (float64
+  copy of the model): the logit margin ``logit_c - max_{j != c} logit_j`` and the monitor's
+  signed box margin (``BoxMonitor.forward_margin``, >= 0 iff accepted), each with a small slack
+  so the float32 point really is on the right side.
+
+Solvers (``solver=``): ``"slsqp"``, ``"cobyla"`` (``scipy.optimize.minimize``), ``"shgo"``,
+``"de"`` (``differential_evolution``, vectorised). Search spaces (``space=``): see
+:mod:`boxhack.attacks.subspace`.
+
+Every solve runs in a sandbox process (:mod:`boxhack.attacks.sandbox`) with a wall-clock and a
+memory limit that are really enforced. Inside, every point the solver evaluates that satisfies
+the encoded constraints is a candidate; the best one is checked exactly and streamed to the
+parent, so even a solve killed at its time limit can return an attack. At the end the solver's
+answer and the best candidate (each also pushed slightly further along its direction from the
+start) are checked with the exact float32 model and monitor, and the closest one that meets the
+goal is returned. The final word is :func:`boxhack.attacks.verify.verify`: nothing counts as a
+success unless it passes there.
+
+Outcomes per sample (``result.info["outcome"]``): ``"success"`` (verified), ``"failed"`` (the
+solver ended without a verified attack), ``"timeout"``, ``"out-of-memory"``, ``"error"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pickle
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from boxhack.attacks.sandbox import SandboxPool, Task, TaskContext, shared_pool
+from boxhack.attacks.subspace import make_space, parse_space
+from boxhack.attacks.verify import AttackResult, as_batch, decide, verify
+from boxhack.errors import BoxhackError
+
+__all__ = ["ENCODINGS", "GOALS", "NORMS", "SOLVERS", "optimise_attack"]
+
+SOLVERS = ("slsqp", "cobyla", "shgo", "de")
+NORMS = ("l1", "l2")
+ENCODINGS = ("margin", "indicator")
+GOALS = ("dos", "intrude", "intrude-any", "combined")
+OUTCOMES = ("success", "failed", "timeout", "out-of-memory", "error")
+
+SLACK = 1e-4  # margin encoding: constraints are margin >= SLACK (logit and monitor units)
+PUSHES = (0.0, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)  # tried on x0 + (1 + t)(x - x0) before giving up
+REPORT_EVERY = 0.2  # seconds between streamed best-so-far points
+HEARTBEAT = 1.0  # seconds between progress messages carrying the evaluation count
+_TASK = "boxhack.attacks.optimisation:solve_task"
+_PRELOAD = ("boxhack.attacks.optimisation", "scipy.optimize")
+
+
+# ============================================================================================
+# Public entry point (parent process).
+
+
+def optimise_attack(
+    model,
+    monitor,
+    x0,
+    *,
+    goal: str = "dos",
+    norm: str = "l2",
+    solver: str = "slsqp",
+    encoding: str = "margin",
+    space: str = "input",
+    labels=None,
+    starts=None,
+    time_limit: float | None = 60.0,
+    memory_limit_mb: float | None = 4096,
+    max_evals: int | None = None,
+    n_jobs: int = 1,
+    train_inputs=None,
+    seed: int = 0,
+    input_shape: tuple[int, ...] | None = None,
+    solver_options: dict | None = None,
+    isolate: bool = True,
+) -> AttackResult:
+    """Run the optimisation attack ``goal`` on each input of ``x0``; returns a verified result.
+
+    Args:
+        model: a PyTorch classifier (logits out); ``monitor``: a fitted ``BoxMonitor``.
+        x0: one input or a batch ``(N, *input_shape)``, values in [0, 1].
+        goal: ``"dos"`` (Attack 1), ``"intrude"`` (Attack 2, same prediction),
+            ``"intrude-any"``, ``"combined"`` (prediction != ``labels`` and accepted).
+        norm, solver, encoding, space: see the module docstring.
+        labels: true labels for ``"combined"`` (default: the predictions on ``x0``).
+        starts: initial points (e.g. FGSM outputs) of the same shape as ``x0``; the search is
+            centred there while the distance is still measured to ``x0``. SHGO ignores it in the
+            input space (it has no starting point) but a subspace is centred on it.
+        time_limit: seconds per solve (cooperative stop, then the solve's process is killed
+            ``max(2, 0.1 * time_limit)`` seconds later); ``None`` = no limit.
+        memory_limit_mb: extra address space a solve may take; ``None`` = no limit.
+        max_evals: cap on the points evaluated per solve (``None`` = the solver's own limits).
+        n_jobs: solves run in parallel (one process each).
+        train_inputs: training inputs, needed by ``space="pca:K"``.
+        seed: random seed (DE; per sample ``[seed, i]``).
+        input_shape: the model's per-sample input shape (inferred when omitted).
+        solver_options: extra keyword arguments for the SciPy solver (override the defaults).
+        isolate: ``False`` runs solves in this process (no hard time or memory limit; for
+            debugging).
+
+    Returns:
+        An :class:`~boxhack.attacks.verify.AttackResult`; ``info`` holds per-sample lists
+        ``outcome``, ``wall_s``, ``nfev``, ``nit``, ``message``, ``stopped_by`` and the settings.
+
+    Raises:
+        BoxhackError: bad names, shapes or values, or ``x0`` already in the goal's end state
+            (Attack 1 from a rejected input, Attack 2 from an accepted one).
+    """
+    goal = _choose("goal", goal, GOALS)
+    norm = _choose("norm", norm, NORMS)
+    solver = _choose("solver", solver, SOLVERS)
+    encoding = _choose("encoding", encoding, ENCODINGS)
+    kind, _ = parse_space(space)
+    _check_limits(time_limit, memory_limit_mb, max_evals, n_jobs)
+    if not getattr(monitor, "is_fitted", True):
+        raise BoxhackError("the monitor is not fitted; fit it or load one with BoxMonitor.load")
+    model.eval()
+    x0_arr, shape = _as_inputs(model, x0, input_shape)
+    n = len(x0_arr)
+    if kind == "pca" and train_inputs is None:
+        raise BoxhackError(f"space={space!r} needs train_inputs= (the model's training inputs)")
+    if train_inputs is not None:
+        train_inputs = np.asarray(train_inputs, dtype=np.float32)
+        if tuple(train_inputs.shape[1:]) != shape:
+            raise BoxhackError(
+                f"train_inputs have per-sample shape {tuple(train_inputs.shape[1:])}, the inputs "
+                f"{shape}"
+            )
+    if kind == "blocks" and len(shape) not in (2, 3):
+        raise BoxhackError(
+            f"space={space!r} needs image inputs; these inputs have shape {shape}: use 'input' "
+            f"or 'pca:K'"
+        )
+    starts_arr = None
+    if starts is not None:
+        starts_arr = as_batch(starts, "starts", shape)
+        if len(starts_arr) != n:
+            raise BoxhackError(f"starts has {len(starts_arr)} inputs, x0 has {n}")
+    labels_arr = None
+    if labels is not None:
+        labels_arr = np.asarray(labels).reshape(-1)
+        if len(labels_arr) != n or not np.issubdtype(labels_arr.dtype, np.integer):
+            raise BoxhackError(f"labels must be {n} integer class indices, got {labels_arr!r}")
+        labels_arr = labels_arr.astype(np.int64)
+
+    pred0, acc0 = monitor.predict(model, x0_arr)
+    pred0 = np.asarray(pred0, dtype=np.int64)
+    acc0 = np.asarray(acc0, dtype=bool)
+    _check_start_state(goal, acc0)
+    if labels_arr is None:
+        labels_arr_eff = pred0.copy()
+    else:
+        labels_arr_eff = labels_arr
+    n_classes = int(getattr(monitor, "n_classes_", 0) or 0)
+    if n_classes and labels_arr is not None and labels_arr.max() >= n_classes:
+        raise BoxhackError(f"labels go up to {labels_arr.max()}, the monitor knows {n_classes} classes")
+
+    packed_model = _pack_model(model)
+    options = dict(solver_options or {})
+    tasks = []
+    for i in range(n):
+        args = {
+            "model": packed_model,
+            "monitor": monitor,
+            "x0": x0_arr[i],
+            "start": None if starts_arr is None else starts_arr[i],
+            "c0": int(pred0[i]),
+            "label": int(labels_arr_eff[i]),
+            "goal": goal,
+            "norm": norm,
+            "solver": solver,
+            "encoding": encoding,
+            "space": space,
+            "train_inputs": train_inputs if kind == "pca" else None,
+            "max_evals": max_evals,
+            "seed": [int(seed), i],
+            "options": options,
+        }
+        tasks.append(Task(_TASK, args, time_limit, memory_limit_mb))
+
+    if isolate:
+        pool: SandboxPool = shared_pool(n_jobs, _PRELOAD)
+        pool.size = max(1, n_jobs)
+        outcomes = pool.run(tasks)
+    else:
+        outcomes = [_run_inline(t) for t in tasks]
+
+    x_out = x0_arr.copy()
+    per = {k: [] for k in ("outcome", "wall_s", "nfev", "nit", "message", "stopped_by")}
+    for i, out in enumerate(outcomes):
+        value = out.value if out.status == "ok" else None
+        best = value if value is not None else out.progress
+        if best is not None and best.get("x") is not None:
+            x_out[i] = np.asarray(best["x"], dtype=np.float32).reshape(shape)
+        info = value or out.progress or {}
+        per["wall_s"].append(float(out.wall_s))
+        per["nfev"].append(int(info.get("nfev", 0)))
+        per["nit"].append(int(info.get("nit", 0)))
+        if out.status == "ok":
+            per["message"].append(str(value.get("message", "")))
+            per["stopped_by"].append(str(value.get("stopped_by", "solver")))
+        else:
+            per["message"].append(out.message.splitlines()[0] if out.message else out.status)
+            per["stopped_by"].append(out.status)
+    result = verify(
+        model, monitor, x0_arr, x_out, goal,
+        labels=labels_arr, pred0=pred0, accepted0=acc0,
+    )  # fmt: skip
+    for i, out in enumerate(outcomes):
+        if result.success[i]:
+            per["outcome"].append("success")
+        elif out.status != "ok":
+            per["outcome"].append(out.status)
+        elif per["stopped_by"][i] == "time-limit":
+            per["outcome"].append("timeout")
+        else:
+            per["outcome"].append("failed")
+    result.info.update(per)
+    result.info.update(
+        solver=solver, norm=norm, encoding=encoding, space=space, goal=goal,
+        time_limit=time_limit, memory_limit_mb=memory_limit_mb, max_evals=max_evals,
+    )  # fmt: skip
+    return result
+
+
+def _choose(what: str, value, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise BoxhackError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    return value.lower()
+
+
+def _check_limits(time_limit, memory_limit_mb, max_evals, n_jobs) -> None:
+    for name, v in (("time_limit", time_limit), ("memory_limit_mb", memory_limit_mb)):
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise BoxhackError(f"{name} must be a positive number of seconds/MiB or None, got {v!r}")
+    if max_evals is not None and not (isinstance(max_evals, int) and max_evals >= 1):
+        raise BoxhackError(f"max_evals must be a positive integer or None, got {max_evals!r}")
+    if not isinstance(n_jobs, int) or n_jobs < 1:
+        raise BoxhackError(f"n_jobs must be a positive integer, got {n_jobs!r}")
+
+
+def _check_start_state(goal: str, acc0: np.ndarray) -> None:
+    if goal == "dos" and not acc0.all():
+        bad = np.flatnonzero(~acc0)
+        raise BoxhackError(
+            f"Attack 1 ('dos') starts from inputs the monitor accepts, but it already rejects "
+            f"{len(bad)} of them (indices {bad[:10].tolist()}); pick accepted inputs"
+        )
+    if goal in ("intrude", "intrude-any") and acc0.any():
+        bad = np.flatnonzero(acc0)
+        raise BoxhackError(
+            f"Attack 2 ({goal!r}) starts from inputs the monitor rejects, but it already "
+            f"accepts {len(bad)} of them (indices {bad[:10].tolist()}); pick rejected inputs"
+        )
+
+
+def _as_inputs(model, x0, input_shape) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Validate ``x0`` and return it as a float32 batch plus the per-sample shape."""
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        return as_batch(x0, "x0", shape), shape
+    arr = x0.detach().cpu().numpy() if isinstance(x0, torch.Tensor) else np.asarray(x0)
+    if arr.ndim == 0:
+        raise BoxhackError("x0 must be an input or a batch of inputs, got a scalar")
+    arr = as_batch(arr if arr.ndim > 1 else arr[None], "x0")
+    # Which reading does the model accept: a batch of arr.shape[1:] or one input of arr.shape?
+    candidates = [arr] if np.ndim(x0) == 1 else [arr, arr[None]]
+    errors = []
+    for cand in candidates:
+        try:
+            with torch.no_grad():
+                out = model(torch.as_tensor(cand[:2] if len(cand) > 1 else cand))
+            if out.ndim == 2 and out.shape[0] == min(len(cand), 2):
+                return cand, tuple(cand.shape[1:])
+            errors.append(f"output shape {tuple(out.shape)}")
+        except (RuntimeError, ValueError, IndexError) as exc:
+            errors.append(str(exc).splitlines()[0])
+    raise BoxhackError(
+        f"x0 has shape {tuple(np.shape(x0))}, which the model does not accept as one input or as "
+        f"a batch ({'; '.join(errors)}); pass input_shape= or reshape it"
+    )
+
+
+def _pack_model(model):
+    if isinstance(model, torch.jit.ScriptModule):
+        buf = io.BytesIO()
+        torch.jit.save(model, buf)
+        return ("jit", buf.getvalue())
+    try:
+        return ("pickle", pickle.dumps(model))
+    except Exception as exc:  # noqa: BLE001 - anything unpicklable
+        raise BoxhackError(
+            f"the model cannot be sent to a solver process ({type(exc).__name__}: {exc}); use "
+            f"isolate=False or a picklable / TorchScript model"
+        ) from None
+
+
+def _unpack_model(packed):
+    kind, data = packed
+    if kind == "jit":
+        return torch.jit.load(io.BytesIO(data), map_location="cpu")
+    return pickle.loads(data)
+
+
+def _run_inline(task: Task):
+    from boxhack.attacks.sandbox import Outcome
+
+    start = time.monotonic()
+    deadline = None if task.time_limit is None else start + task.time_limit
+    holder = {}
+    ctx = TaskContext(deadline=deadline, report=lambda v: holder.__setitem__("p", v), started=start)
+    try:
+        value = solve_task(task.args, ctx)
+        return Outcome("ok", value=value, progress=holder.get("p"), wall_s=time.monotonic() - start)
+    except MemoryError as exc:
+        return Outcome("out-of-memory", progress=holder.get("p"), message=str(exc),
+                       wall_s=time.monotonic() - start)  # fmt: skip
+    except BoxhackError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a solver failure is an outcome
+        return Outcome("error", progress=holder.get("p"), message=f"{type(exc).__name__}: {exc}",
+                       wall_s=time.monotonic() - start)  # fmt: skip
+
+
+# ============================================================================================
+# The solve (runs in the sandbox process).
+
+
+class _Stop(Exception):
+    """Raised from inside an evaluation to end a solve (time or evaluation limit)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Best:
+    dist: float = math.inf
+    x: np.ndarray | None = None
+    reported_dist: float = math.inf
+    reported_at: float = -math.inf
+
+
+class Problem:
+    """One attack problem on one input, as functions of the solver variables ``v``.
+
+    ``v`` is ``u`` (the search-space variables), or ``(x, z)`` for L1 with auxiliary variables
+    in the input space. Constraints are ``g(v) >= 0`` (nonlinear, ``m`` of them) plus, for
+    auxiliary L1, the linear ``z - x >= -x0`` and ``z + x >= x0``.
+    """
+
+    def __init__(self, args: dict, ctx: TaskContext) -> None:
+        self.ctx = ctx
+        self.goal = args["goal"]
+        self.norm = args["norm"]
+        self.encoding = args["encoding"]
+        self.model32 = _unpack_model(args["model"]).eval()
+        self.monitor = args["monitor"]
+        self.model64 = copy.deepcopy(self.model32).double().eval()
+        for p in list(self.model32.parameters()) + list(self.model64.parameters()):
+            p.requires_grad_(False)
+        x0 = np.asarray(args["x0"], dtype=np.float32)
+        self.shape = tuple(x0.shape)
+        self.x0_32 = x0.reshape(-1)
+        self.x0 = self.x0_32.astype(np.float64)
+        start = args.get("start")
+        anchor = self.x0 if start is None else np.asarray(start, np.float64).reshape(-1)
+        self.space = make_space(args["space"], anchor, self.shape, train_inputs=args.get("train_inputs"))
+        self.c0 = int(args["c0"])
+        self.label = int(args["label"])
+        self.n_classes = int(self.monitor.n_classes_)
+        self.aux = self.norm == "l1" and self.space.kind == "input"
+        n = self.space.n_inputs
+        k = self.space.dim
+        if self.aux:
+            self.lower = np.concatenate([self.space.lower, np.zeros(n)])
+            self.upper = np.concatenate([self.space.upper, np.ones(n)])
+            z0 = np.abs(anchor - self.x0)
+            self.v0 = np.concatenate([self.space.initial(), z0])
+        else:
+            self.lower, self.upper = self.space.lower.copy(), self.space.upper.copy()
+            self.v0 = self.space.initial()
+        self.nv = len(self.lower)
+        self.k = k
+        self.m = 1 if self.goal == "intrude-any" else 2
+        self.max_evals = args.get("max_evals")
+        self.nfev = 0
+        self.best = _Best()
+        self._reported_x: np.ndarray | None = None
+        self._heartbeat = time.monotonic()
+        self._cache_key: bytes | None = None
+        self._cache: tuple | None = None
+        self.x0_t64 = torch.as_tensor(self.x0)
+        others = [c for c in range(self.n_classes) if c != self.label]
+        self.any_classes = list(range(self.n_classes)) if self.goal == "intrude-any" else others
+
+    # ---------------------------------------------------------------- core evaluation
+    def _tick(self, count: int) -> None:
+        self.nfev += count
+        now = time.monotonic()
+        if now - self._heartbeat >= HEARTBEAT:
+            self._heartbeat = now
+            self.report_best(force=True)
+        if self.max_evals is not None and self.nfev > self.max_evals:
+            raise _Stop("eval-limit")
+        if self.ctx.deadline is not None and time.monotonic() > self.ctx.deadline:
+            raise _Stop("time-limit")
+
+    def _inputs(self, v: torch.Tensor) -> torch.Tensor:
+        return self.space.to_input(v[:, : self.k])
+
+    def objective_t(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.aux:
+            return v[:, self.k :].sum(1)
+        d = x - self.x0_t64.to(x.dtype)
+        if self.norm == "l1":
+            return d.abs().sum(1)
+        return (d * d).sum(1)
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        d = np.atleast_2d(x) - self.x0
+        return np.abs(d).sum(1) if self.norm == "l1" else np.sqrt((d * d).sum(1))
+
+    @staticmethod
+    def _logit_margin(logits: torch.Tensor, c: torch.Tensor | int) -> torch.Tensor:
+        """logit_c - max_{j != c} logit_j, per row."""
+        if isinstance(c, int):
+            c = torch.full((logits.shape[0],), c, dtype=torch.long)
+        own = logits.gather(1, c[:, None])[:, 0]
+        masked = logits.scatter(1, c[:, None], -math.inf)
+        return own - masked.amax(1)
+
+    def constraints_t(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, m) constraint values, >= 0 where satisfied."""
+        b = x.shape[0]
+        xs = x.reshape((b,) + self.shape)
+        if self.encoding == "indicator":
+            with torch.no_grad():
+                logits, marg = self.monitor.forward_margin(self.model32, xs.float())
+            pred = logits.argmax(1)
+            acc = (marg >= 0).double()
+            if self.goal == "dos":
+                cols = [(pred == self.c0).double(), 1.0 - acc]
+            elif self.goal == "intrude":
+                cols = [(pred == self.c0).double(), acc]
+            elif self.goal == "intrude-any":
+                cols = [acc]
+            else:  # combined
+                cols = [(pred != self.label).double(), acc]
+            return torch.stack(cols, 1) - 0.5
+        if self.goal in ("dos", "intrude"):
+            cl = torch.full((b,), self.c0, dtype=torch.long)
+            logits, marg = self.monitor.forward_margin(self.model64, xs, cl)
+            lm = self._logit_margin(logits, self.c0)
+            mon = -marg if self.goal == "dos" else marg
+            return torch.stack([lm, mon], 1) - SLACK
+        # intrude-any / combined: exists an allowed class c with predict = c and accepted as c
+        per_class = []
+        for c in self.any_classes:
+            cl = torch.full((b,), c, dtype=torch.long)
+            logits, marg = self.monitor.forward_margin(self.model64, xs, cl)
+            per_class.append(torch.minimum(self._logit_margin(logits, c), marg))
+        best = torch.stack(per_class, 1).amax(1) - SLACK
+        if self.goal == "intrude-any":
+            return best[:, None]
+        lm_label = self._logit_margin(logits, self.label)  # logits are the same for every c
+        return torch.stack([-lm_label - SLACK, best], 1)
+
+    def evaluate(self, v: np.ndarray, grad: bool, count: bool = True):
+        """Values (and constraint gradients for one point) at ``v`` ((nv,) or (B, nv));
+        tracks candidates. ``count=False``: the same point again, for its gradients."""
+        vb = np.atleast_2d(np.asarray(v, dtype=np.float64))
+        self._tick(len(vb) if count else 0)
+        vt = torch.as_tensor(vb).clone().requires_grad_(grad)
+        x = self._inputs(vt)
+        f = self.objective_t(vt, x)
+        g = self.constraints_t(x)
+        g_np = g.detach().numpy().astype(np.float64)
+        x_np = x.detach().numpy()
+        self._track(x_np, g_np, vb)
+        if not grad:
+            return f.detach().numpy(), g_np, None, None
+        df = torch.autograd.grad(f.sum(), vt, retain_graph=True, allow_unused=True)[0]
+        df = np.zeros(self.nv) if df is None else df[0].numpy()
+        if g.requires_grad:
+            rows = [
+                torch.autograd.grad(g[0, j], vt, retain_graph=j < g.shape[1] - 1)[0][0].numpy()
+                for j in range(g.shape[1])
+            ]
+            dg = np.stack(rows)
+        else:
+            dg = np.zeros((g.shape[1], self.nv))
+        return f.detach().numpy(), g_np, df, dg
+
+    def _track(self, x: np.ndarray, g: np.ndarray, v: np.ndarray) -> None:
+        # the sign of the raw margins decides (the slack only steers the solver): the exact
+        # float32 check in choose() has the final say
+        slack = SLACK if self.encoding == "margin" else 0.0
+        ok = (g + slack >= 0).all(1)
+        if not ok.any():
+            return
+        idx = np.flatnonzero(ok)
+        d = self.distance(x[idx])
+        j = int(np.argmin(d))
+        if d[j] < self.best.dist:
+            self.best.dist = float(d[j])
+            self.best.x = x[idx[j]].copy()
+            now = time.monotonic()
+            if now - self.best.reported_at >= REPORT_EVERY:
+                self.report_best()
+
+    def report_best(self, force: bool = False) -> None:
+        """Check the best candidate exactly and stream it to the parent if it is an attack
+        (``force``: send the evaluation count even when there is nothing new)."""
+        if self.best.x is not None and self.best.dist < self.best.reported_dist:
+            self.best.reported_at = time.monotonic()
+            chosen = self.choose([self.best.x])
+            if chosen is not None:
+                self.best.reported_dist = float(self.distance(chosen.astype(np.float64))[0])
+                self._reported_x = chosen.reshape(self.shape)
+                force = True
+        if force:
+            self.ctx.report({"x": self._reported_x, "nfev": self.nfev})
+
+    # ---------------------------------------------------------------- cached scalar views
+    def _at(self, v, grad: bool = False) -> tuple:
+        """Values at ``v`` (one point), with constraint gradients when ``grad``; the last point
+        is cached, and gradients are computed only when a solver asks for them."""
+        v = np.asarray(v, dtype=np.float64)
+        key = v.tobytes()
+        if key != self._cache_key:
+            self._cache = self.evaluate(v, grad=grad)
+            self._cache_key = key
+        elif grad and self._cache[3] is None:
+            self._cache = self.evaluate(v, grad=True, count=False)
+        return self._cache
+
+    def fun(self, v) -> float:
+        return float(self._at(v)[0][0])
+
+    def fun_jac(self, v) -> np.ndarray:
+        """Gradient of the objective (a distance: smooth, no model involved)."""
+        v = np.asarray(v, dtype=np.float64)
+        if self.aux:
+            return np.concatenate([np.zeros(self.k), np.ones(self.nv - self.k)])
+        vt = torch.as_tensor(v[None]).clone().requires_grad_(True)
+        f = self.objective_t(vt, self._inputs(vt))
+        return torch.autograd.grad(f.sum(), vt)[0][0].numpy()
+
+    def cons(self, v) -> np.ndarray:
+        return self._at(v)[1][0]
+
+    def cons_jac(self, v) -> np.ndarray:
+        return self._at(v, grad=True)[3]
+
+    def fun_batch(self, vt: np.ndarray) -> np.ndarray:
+        """DE's vectorised objective: ``(nv, S) -> (S,)``; caches the constraints."""
+        vb = np.asarray(vt, dtype=np.float64).T
+        f, g, _, _ = self.evaluate(vb, grad=False)
+        self._batch_key = vb.tobytes()
+        self._batch_g = g
+        return f
+
+    def cons_batch(self, vt: np.ndarray) -> np.ndarray:
+        """DE's vectorised constraints: ``(nv, S) -> (m, S)`` (reuses the objective's pass)."""
+        arr = np.asarray(vt, dtype=np.float64)
+        vb = np.atleast_2d(arr.T)
+        if getattr(self, "_batch_key", None) == vb.tobytes():
+            g = self._batch_g
+        else:
+            _, g, _, _ = self.evaluate(vb, grad=False)
+        return g[0] if arr.ndim == 1 else g.T
+
+    def linear(self):
+        """Auxiliary L1: (A, lb) with A v >= lb: z - x >= -x0 and z + x >= x0."""
+        n = self.k
+        eye = np.eye(n)
+        a = np.block([[-eye, eye], [eye, eye]])
+        lb = np.concatenate([-self.x0, self.x0])
+        return a, lb
+
+    # ---------------------------------------------------------------- exact choice
+    def choose(self, xs: list[np.ndarray]) -> np.ndarray | None:
+        """The closest of ``xs`` (and their pushes) that meets the goal exactly, float32."""
+        cands = []
+        for x in xs:
+            if x is None:
+                continue
+            x = np.asarray(x, dtype=np.float64).reshape(-1)
+            for t in PUSHES:
+                cands.append(np.clip(self.x0 + (1.0 + t) * (x - self.x0), 0.0, 1.0))
+        if not cands:
+            return None
+        batch = np.stack(cands).astype(np.float32)
+        batch = np.clip(batch, 0.0, 1.0)
+        pred, acc = self.monitor.predict(self.model32, batch.reshape((-1,) + self.shape))
+        n = len(batch)
+        ok = decide(
+            self.goal, np.full(n, self.c0), np.asarray(pred), np.asarray(acc, bool),
+            labels=np.full(n, self.label),
+        )  # fmt: skip
+        if not ok.any():
+            return None
+        idx = np.flatnonzero(ok)
+        d = self.distance(batch[idx].astype(np.float64))
+        return batch[idx[int(np.argmin(d))]]
+
+
+def _bounds(p: Problem):
+    from scipy.optimize import Bounds
+
+    return Bounds(p.lower, p.upper)
+
+
+def _solve_slsqp(p: Problem, opts: dict):
+    from scipy.optimize import minimize
+
+    cons = [{"type": "ineq", "fun": p.cons}]
+    if p.encoding == "margin":
+        cons[0]["jac"] = p.cons_jac
+    if p.aux:
+        a, lb = p.linear()
+        cons.append({"type": "ineq", "fun": lambda v: a @ v - lb, "jac": lambda v: a})
+    options = {"maxiter": 200, **opts}
+    return minimize(p.fun, p.v0, jac=p.fun_jac, bounds=_bounds(p), constraints=cons,
+                    method="SLSQP", options=options)  # fmt: skip
+
+
+def _solve_cobyla(p: Problem, opts: dict):
+    from scipy.optimize import minimize
+
+    cons = [{"type": "ineq", "fun": p.cons}]
+    if p.aux:
+        a, lb = p.linear()
+        cons.append({"type": "ineq", "fun": lambda v: a @ v - lb})
+    width = float(np.min(p.upper - p.lower))
+    options = {"rhobeg": 0.25 * width, "maxiter": max(1000, 10 * (p.nv + 1)), **opts}
+    return minimize(p.fun, p.v0, bounds=_bounds(p), constraints=cons, method="COBYLA",
+                    options=options)  # fmt: skip
+
+
+def _shgo_sampling(nv: int) -> dict:
+    """SHGO's sampling by problem size (from a sweep on the XOR network, docs/reproduction.md).
+
+    - up to 2 variables: 256 Sobol points (the default 2^dim + 1 = 5 simplicial vertices miss
+      the small feasible regions of Attack 1);
+    - 3-4 variables (L1 with auxiliary variables on the toys): simplicial, 4 refinements
+      (Sobol points rarely satisfy z >= |x - x0| and the attack constraint at once);
+    - 5-10 variables: SciPy's default, simplicial with 1 iteration (2^dim + 1 vertices);
+    - more: Sobol with SciPy's default count; its qhull triangulation does not finish beyond
+      ~10 dimensions, so such solves normally end at their time limit (or memory limit).
+    """
+    if nv <= 2:
+        return {"sampling_method": "sobol", "n": 256}
+    if nv <= 4:
+        return {"sampling_method": "simplicial", "iters": 4}
+    if nv <= 10:
+        return {"sampling_method": "simplicial", "iters": 1}
+    return {"sampling_method": "sobol"}
+
+
+def _solve_shgo(p: Problem, opts: dict):
+    from scipy.optimize import shgo
+
+    cons = [{"type": "ineq", "fun": p.cons}]
+    local_cons = [{"type": "ineq", "fun": p.cons}]
+    if p.encoding == "margin":
+        local_cons[0]["jac"] = p.cons_jac
+    if p.aux:
+        a, lb = p.linear()
+        lin = {"type": "ineq", "fun": lambda v: a @ v - lb}
+        cons.append(lin)
+        local_cons.append({**lin, "jac": lambda v: a})
+    opts = dict(opts)
+    kwargs = {} if "sampling_method" in opts else dict(_shgo_sampling(p.nv))
+    for key in ("n", "iters", "sampling_method"):
+        if key in opts:
+            kwargs[key] = opts.pop(key)
+    minimizer = {
+        "method": "SLSQP",
+        "jac": p.fun_jac,
+        "constraints": local_cons,
+        "bounds": _bounds(p),
+        "options": {"maxiter": 100},
+        **opts.pop("minimizer_kwargs", {}),
+    }
+    options = {"local_iter": 5, **opts.pop("options", {})}
+    options.update(opts)
+    bounds = list(zip(p.lower, p.upper))
+    return shgo(p.fun, bounds, constraints=cons, minimizer_kwargs=minimizer, options=options,
+                **kwargs)  # fmt: skip
+
+
+def _solve_de(p: Problem, opts: dict, seed):
+    from scipy.optimize import LinearConstraint, NonlinearConstraint, differential_evolution
+
+    cons = [NonlinearConstraint(p.cons_batch, 0.0, np.inf)]
+    if p.aux:
+        a, lb = p.linear()
+        cons.append(LinearConstraint(a, lb, np.inf))
+    kwargs = {
+        "maxiter": 1000,
+        "popsize": 15,
+        "tol": 0.01,
+        "polish": False,
+        "updating": "deferred",
+        "vectorized": True,
+        "rng": np.random.default_rng(seed),
+        "x0": np.clip(p.v0, p.lower, p.upper),
+        **opts,
+    }
+    return differential_evolution(p.fun_batch, _bounds(p), constraints=cons, **kwargs)
+
+
+def solve_task(args: dict, ctx: TaskContext) -> dict:
+    """Sandbox task: solve one problem; returns the best exactly-checked point and statistics."""
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    p = Problem(args, ctx)
+    solver = args["solver"]
+    opts = dict(args.get("options") or {})
+    stopped_by = "solver"
+    message = ""
+    nit = 0
+    solver_x = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            p.evaluate(p.v0, grad=False)  # the starting point is a candidate too
+            if solver == "slsqp":
+                res = _solve_slsqp(p, opts)
+            elif solver == "cobyla":
+                res = _solve_cobyla(p, opts)
+            elif solver == "shgo":
+                res = _solve_shgo(p, opts)
+            else:
+                res = _solve_de(p, opts, args.get("seed", 0))
+            message = str(getattr(res, "message", ""))
+            nit = int(getattr(res, "nit", 0) or 0)
+            if getattr(res, "x", None) is not None and np.size(res.x) == p.nv:
+                solver_x = p.space.to_input_np(np.asarray(res.x)[: p.k])[0]
+        except _Stop as stop:
+            stopped_by = stop.reason
+            message = {
+                "time-limit": "stopped at the time limit",
+                "eval-limit": f"stopped after {p.max_evals} evaluations (max_evals)",
+            }[stop.reason]
+    chosen = p.choose([solver_x, p.best.x])
+    if chosen is None:
+        fallback = solver_x if solver_x is not None else p.best.x
+        x = None if fallback is None else np.clip(fallback, 0, 1).astype(np.float32)
+    else:
+        x = chosen
+    return {
+        "x": None if x is None else x.reshape(p.shape),
+        "nfev": p.nfev,
+        "nit": nit,
+        "message": message,
+        "stopped_by": stopped_by,
+        "found": chosen is not None,
+        "solve_s": time.monotonic() - t0,
+    }

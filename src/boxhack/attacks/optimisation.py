@@ -114,7 +114,7 @@ def optimise_attack(
             centred there while the distance is still measured to ``x0``. SHGO ignores it in the
             input space (it has no starting point) but a subspace is centred on it.
         time_limit: seconds per solve (cooperative stop, then the solve's process is killed
-            ``max(2, 0.1 * time_limit)`` seconds later); ``None`` = no limit.
+            ``max(0.5, 0.1 * time_limit)`` seconds later); ``None`` = no limit.
         memory_limit_mb: extra address space a solve may take; ``None`` = no limit.
         max_evals: cap on the points evaluated per solve (``None`` = the solver's own limits).
         n_jobs: solves run in parallel (one process each).

@@ -646,8 +646,10 @@ class SandboxPool:
                         self._discard(w, kill=False)
                 while pending and len(self._workers) < self.size:
                     self._spawn()
+                n_busy = sum(w.job is not None for w in self._workers)
                 for w in self._workers:
-                    if w.ready and w.job is None and pending:
+                    if w.ready and w.job is None and pending and n_busy < self.size:
+                        n_busy += 1
                         index, task = pending.popleft()
                         try:
                             w.send(index, task)

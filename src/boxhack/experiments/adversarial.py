@@ -42,7 +42,7 @@ FULL_ATTACKS = ("fgsm", "pgd-linf", "deepfool-linf", "fgm-l2", "pgd-l2", "deepfo
                 "cw-l2", "boundary", "hsj")  # fmt: skip
 QUICK_ATTACKS = ("fgsm", "pgd-linf", "deepfool-l2", "cw-l2", "boundary", "hsj")
 CRITERIA = ("misclassify", "combined")
-# Budgets of the full run (measured on 2 cores: see docs/reproduction-adversarial.md).
+# Budgets of the full run (measured on 2 cores: see docs/reproduction.md).
 FULL_PARAMS = {
     "boundary": {"steps": 8000},
     "hsj": {"steps": 40, "initial_gradient_eval_steps": 50, "max_gradient_eval_steps": 500},

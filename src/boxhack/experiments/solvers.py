@@ -656,8 +656,8 @@ def paper_comparison(counts, grid, config) -> list[dict]:
             "note": ("In an 8-D PCA subspace every point is x0 plus a smooth combination of "
                      "principal components, so neither solver can produce pixel noise"
                      + (f"; DE's points are {closer} x0 than SHGO's here" if closer else "")
-                     + ". DE on the raw pixels (as the paper ran it) does produce speckled "
-                     "images; see docs/reproduction.md and solver_gallery.png."),
+                     + ". DE on the raw pixels (as the paper ran it) returns noise images; "
+                     "see docs/reproduction.md."),
         })  # fmt: skip
     if toys:
         out.append({

@@ -3,24 +3,14 @@
 
 from __future__ import annotations
 
-import importlib
+from boxhack.cli.common import register_group
 
 FAMILIES = ("optimise", "adversarial", "gradient")
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "attack",
-        help="attack a model and its monitor",
-        description="Attack a classifier and its box monitor; every success is re-verified.",
+    register_group(
+        sub, "attack", "attack a model and its monitor",
+        "Attack a classifier and its box monitor; every success is re-verified.",
+        "attack_", FAMILIES,
     )
-    asub = p.add_subparsers(dest="attack_command", metavar="ATTACK")
-    asub.required = True
-    for family in FAMILIES:
-        try:
-            module = importlib.import_module(f"boxhack.cli.attack_{family}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"boxhack.cli.attack_{family}":
-                continue
-            raise
-        module.register(asub)

@@ -13,6 +13,44 @@ def add_device_arg(parser) -> None:
     )
 
 
+def register_group(sub, name: str, help: str, description: str, prefix: str, members) -> None:
+    """Add command group ``name`` whose sub-commands live in modules ``boxhack.cli.<prefix><m>``
+    (each exposing ``register(subparsers)``); members whose module is absent are skipped."""
+    import importlib
+
+    p = sub.add_parser(name, help=help, description=description)
+    group = p.add_subparsers(dest=f"{name}_command", metavar=name.upper())
+    group.required = True
+    for member in members:
+        module_name = f"boxhack.cli.{prefix}{member}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        module.register(group)
+
+
+def add_campaign_args(parser) -> None:
+    """The options every experiment command shares: workers, Dask, seed, model cache, progress."""
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="local worker processes (default: all cores)")
+    parser.add_argument("--scheduler", default=None,
+                        help="Dask scheduler address, e.g. tcp://host:8786")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models-root", default=None,
+                        help="where networks and monitors are cached (default OUT/models)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def check_campaign_args(args) -> None:
+    from boxhack.errors import BoxhackError
+
+    if args.jobs is not None and args.jobs < 1:
+        raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
+
+
 def print_table(rows: list[dict], columns: list[str] | None = None, file=None) -> None:
     """Print a list of dicts as an aligned plain-text table."""
     file = sys.stdout if file is None else file

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from boxhack.cli.common import add_campaign_args
+
 
 def register(esub) -> None:
     p = esub.add_parser(
@@ -28,22 +30,16 @@ def register(esub) -> None:
     p.add_argument("--space", default=None,
                    help="slsqp/shgo: search space of the SciPy attack: pca:20 (default), input "
                         "(the paper's 784 pixels), pca:K or blocks:B")
-    p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models-root", default=None,
-                   help="where networks and monitors are cached (default OUT/models)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_campaign_args(p)
     p.set_defaults(handler=_handler)
 
 
 def _handler(args) -> int:
-    from boxhack.cli.common import print_table
+    from boxhack.cli.common import check_campaign_args, print_table
     from boxhack.errors import BoxhackError
     from boxhack.experiments import combined
 
-    if args.jobs is not None and args.jobs < 1:
-        raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
+    check_campaign_args(args)
     if args.eps < 0:
         raise BoxhackError(f"--eps must be >= 0, got {args.eps}")
     options = {"repair": args.repair, "norm": args.norm, "epsilon": args.eps}

@@ -3,6 +3,8 @@ layer over :func:`boxhack.experiments.gradient.run`)."""
 
 from __future__ import annotations
 
+from boxhack.cli.common import add_campaign_args
+
 
 def register(esub) -> None:
     p = esub.add_parser(
@@ -26,22 +28,15 @@ def register(esub) -> None:
                    help="subset of norms")
     p.add_argument("--attacks", nargs="+", default=None, choices=("gradient", "orthogonal", "pgd"),
                    help="subset of attacks")
-    p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models-root", default=None,
-                   help="where networks and monitors are cached (default OUT/models)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_campaign_args(p)
     p.set_defaults(handler=_handler)
 
 
 def _handler(args) -> int:
-    from boxhack.cli.common import print_table
-    from boxhack.errors import BoxhackError
+    from boxhack.cli.common import check_campaign_args, print_table
     from boxhack.experiments import gradient
 
-    if args.jobs is not None and args.jobs < 1:
-        raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
+    check_campaign_args(args)
     options = {k: v for k, v in (("n", args.n), ("goals", args.goals), ("norms", args.norms),
                                  ("attacks", args.attacks)) if v is not None}
     summary = gradient.run(args.out, quick=args.quick, n_jobs=args.jobs, scheduler=args.scheduler,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from boxhack.cli.common import add_campaign_args
+
 
 def register(esub) -> None:
     p = esub.add_parser(
@@ -19,18 +21,13 @@ def register(esub) -> None:
     p.add_argument("--out", required=True, help="run directory, e.g. runs/paper")
     p.add_argument("--quick", action="store_true",
                    help="small grid (XOR + MNIST 0-1, 2 starting points, short caps)")
-    p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: all cores)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786")
     p.add_argument("--solve-timeout", type=float, default=None,
                    help="raise every per-solve time cap to this many seconds")
     p.add_argument("--n", type=int, default=None, help="starting points per attack (default 20)")
     p.add_argument("--networks", default=None, help="comma-separated subset: xor,tanh,mnist2,mnist3")
     p.add_argument("--solvers", default=None, help="comma-separated subset: slsqp,cobyla,shgo,de")
     p.add_argument("--encodings", default=None, help="comma-separated subset: margin,indicator")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models-root", default=None,
-                   help="where networks and monitors are cached (default OUT/models)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_campaign_args(p)
     p.set_defaults(handler=_handler)
 
 
@@ -39,12 +36,10 @@ def _split(text):
 
 
 def _handler(args) -> int:
-    from boxhack.cli.common import print_table
-    from boxhack.errors import BoxhackError
+    from boxhack.cli.common import check_campaign_args, print_table
     from boxhack.experiments import solvers
 
-    if args.jobs is not None and args.jobs < 1:
-        raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
+    check_campaign_args(args)
     options = {}
     if args.n is not None:
         options["n_samples"] = args.n

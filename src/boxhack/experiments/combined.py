@@ -164,29 +164,16 @@ def combined_attack(
 
 
 # ------------------------------------------------------------------------------ experiment
-_CACHE: dict = {}
-
-
-def _load(root: str, key: str, k: int, tol: float):
-    from boxhack.experiments.zoo import monitor_path, prepare_model
-    from boxhack.monitor import BoxMonitor
-
-    ck = (root, key, k, tol)
-    if ck not in _CACHE:
-        model, info, dataset = prepare_model(key, root)
-        mon = BoxMonitor.load(monitor_path(root, key, k, tol, info["default_layer"]))
-        _CACHE[ck] = (model, info, dataset, mon)
-    return _CACHE[ck]
-
-
 def _job(params: dict) -> dict:
     import torch
 
     from boxhack.models.layers import collect
 
+    from boxhack.experiments.zoo import load_prepared
+
     torch.set_num_threads(1)
-    model, _info, dataset, monitor = _load(params["root"], params["key"], params["n_clusters"],
-                                          params["tolerance"])  # fmt: skip
+    model, _info, dataset, monitor = load_prepared(params["root"], params["key"], params["n_clusters"],
+                                                  params["tolerance"])  # fmt: skip
     idx = np.asarray(params["indices"], dtype=np.int64)
     x, y = dataset.x_test[idx], dataset.y_test[idx]
     repair_options = dict(params.get("repair_options") or {})

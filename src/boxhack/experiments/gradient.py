@@ -50,21 +50,6 @@ GOAL_TITLES = {
 
 
 # ------------------------------------------------------------------------------ jobs
-_CACHE: dict = {}
-
-
-def _load(root: str, key: str, k: int, tol: float):
-    from boxhack.experiments.zoo import monitor_path, prepare_model
-    from boxhack.monitor import BoxMonitor
-
-    ck = (root, key, k, tol)
-    if ck not in _CACHE:
-        model, info, dataset = prepare_model(key, root)
-        mon = BoxMonitor.load(monitor_path(root, key, k, tol, info["default_layer"]))
-        _CACHE[ck] = (model, info, dataset, mon)
-    return _CACHE[ck]
-
-
 def _job(params: dict) -> dict:
     """One (goal, norm, attack[, eps]) cell on its samples, as one batch."""
     import torch
@@ -72,9 +57,11 @@ def _job(params: dict) -> dict:
     from boxhack.attacks.gradient import MonitorAttack
     from boxhack.attacks.orthogonal import OrthogonalAttack
 
+    from boxhack.experiments.zoo import load_prepared
+
     torch.set_num_threads(1)
-    model, _info, dataset, monitor = _load(params["root"], params["key"], params["n_clusters"],
-                                          params["tolerance"])  # fmt: skip
+    model, _info, dataset, monitor = load_prepared(params["root"], params["key"], params["n_clusters"],
+                                                  params["tolerance"])  # fmt: skip
     idx = np.asarray(params["indices"], dtype=np.int64)
     x, y = dataset.x_test[idx], dataset.y_test[idx]
     attack, goal, norm = params["attack"], params["goal"], params["norm"]

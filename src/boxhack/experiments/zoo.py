@@ -9,6 +9,7 @@ Experiments name a network by a short key (``xor``, ``tanh``, ``mnist2``, ``mnis
 from __future__ import annotations
 
 import fcntl
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,3 +87,14 @@ def prepare_monitor(
             path.parent.mkdir(parents=True, exist_ok=True)
             monitor.save(path)
     return model, BoxMonitor.load(path), info, dataset
+
+
+@functools.lru_cache(maxsize=32)
+def load_prepared(root: str, key: str, n_clusters: int, tolerance: float):
+    """``(model, info, dataset, monitor)`` already prepared under ``root`` (default layer),
+    loaded once per process: campaign job functions call this instead of reloading per job."""
+    from boxhack.monitor import BoxMonitor
+
+    model, info, dataset = prepare_model(key, root)
+    monitor = BoxMonitor.load(monitor_path(root, key, n_clusters, tolerance, info["default_layer"]))
+    return model, info, dataset, monitor

@@ -167,9 +167,8 @@ def combined_attack(
 def _job(params: dict) -> dict:
     import torch
 
-    from boxhack.models.layers import collect
-
     from boxhack.experiments.zoo import load_prepared
+    from boxhack.models.layers import collect
 
     torch.set_num_threads(1)
     model, _info, dataset, monitor = load_prepared(params["root"], params["key"], params["n_clusters"],

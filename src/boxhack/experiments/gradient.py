@@ -56,7 +56,6 @@ def _job(params: dict) -> dict:
 
     from boxhack.attacks.gradient import MonitorAttack
     from boxhack.attacks.orthogonal import OrthogonalAttack
-
     from boxhack.experiments.zoo import load_prepared
 
     torch.set_num_threads(1)

@@ -206,7 +206,7 @@ def test_cli_attack_adversarial(small, tmp_path, capsys):
 
 def test_experiment_quick_rows_summary_figures(small, tmp_path):
     from boxhack.experiments import adversarial as exp
-    from boxhack.experiments.jsonl import read_rows
+    from boxhack.infra.jsonl import read_rows
 
     opts = {"key": "mnist3", "n": 6, "attacks": ["fgsm", "hsj"], "clusters": [1, 2],
             "tolerances": [0.0, 0.25]}

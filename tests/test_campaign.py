@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from boxhack.errors import BoxhackError
 from boxhack.experiments.campaign import Job, run_campaign
-from boxhack.experiments.jsonl import (
+from boxhack.infra.jsonl import (
     append_row,
     damaged_path,
     encode_row,

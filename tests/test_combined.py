@@ -68,7 +68,7 @@ def test_combined_attack_errors(small, kwargs, message):
 
 def test_experiment_quick_rows_summary_figures(small, tmp_path):
     from boxhack.experiments import combined as exp
-    from boxhack.experiments.jsonl import read_rows
+    from boxhack.infra.jsonl import read_rows
 
     summary = exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"],
                       key="mnist3", n=12, chunk=6, epsilon=0.15)

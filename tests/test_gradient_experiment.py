@@ -27,7 +27,7 @@ OPTS = {"n": 5, "goals": ["dos", "intrude"], "norms": ["l2", "linf"],
 
 def test_experiment_contract_resume_and_summarise(small, tmp_path):
     from boxhack.experiments import gradient as exp
-    from boxhack.experiments.jsonl import read_rows
+    from boxhack.infra.jsonl import read_rows
 
     summary = exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"],
                       **OPTS)

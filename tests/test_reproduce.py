@@ -15,7 +15,7 @@ from boxhack.cli import main
 from boxhack.errors import BoxhackError
 from boxhack.experiments import novelty
 from boxhack.experiments import reproduce as reproduce_mod
-from boxhack.experiments.jsonl import read_rows
+from boxhack.infra.jsonl import read_rows
 from boxhack.experiments.reproduce import failed_experiments, reproduce
 from boxhack.report.html import _ImgParser
 

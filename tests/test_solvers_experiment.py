@@ -9,7 +9,7 @@ import pytest
 
 from boxhack.errors import BoxhackError
 from boxhack.experiments import solvers
-from boxhack.experiments.jsonl import read_rows
+from boxhack.infra.jsonl import read_rows
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from boxhack.experiments.campaign import Job, run_campaign
-from boxhack.experiments.jsonl import latest_by_key, read_rows
+from boxhack.infra.jsonl import latest_by_key, read_rows
 
 NAME = "fake"
 TITLE = 'Fake <b>experiment</b> & "quotes"'

@@ -125,7 +125,7 @@ def _handler(args) -> int:
 
     from boxhack.attacks.adversarial import flip_counts, get_spec, run_adversarial
     from boxhack.cli.common import print_table
-    from boxhack.experiments.jsonl import append_row
+    from boxhack.infra.jsonl import append_row
     from boxhack.models.io import load_any_model
     from boxhack.monitor import BoxMonitor
 

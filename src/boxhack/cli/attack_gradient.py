@@ -108,7 +108,7 @@ def _handler(args) -> int:
     from boxhack.attacks.gradient import MonitorAttack
     from boxhack.attacks.orthogonal import OrthogonalAttack
     from boxhack.cli.common import print_table
-    from boxhack.experiments.jsonl import encode_row
+    from boxhack.infra.jsonl import encode_row
     from boxhack.models.io import load_any_model
     from boxhack.monitor import BoxMonitor
 

@@ -269,7 +269,7 @@ def _fmt_eps(e) -> str:
 
 def summarise(out_dir, *, models_root=None) -> dict:
     """Tables, figures and summary.json from ``out_dir/adversarial/rows.jsonl`` only."""
-    from boxhack.experiments.jsonl import latest_by_key, read_rows
+    from boxhack.infra.jsonl import latest_by_key, read_rows
 
     exp_dir = Path(out_dir) / NAME
     cfg_path = exp_dir / "config.json"

@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from boxhack.errors import BoxhackError
-from boxhack.experiments.jsonl import (
+from boxhack.infra.jsonl import (
     damaged_path,
     encode_row,
     latest_by_key,

@@ -313,7 +313,7 @@ def _med(a) -> float | None:
 def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
     """Tables, figures and summary.json from ``out_dir/combined/rows.jsonl`` (and the cached
     monitor, for the boxes in the projections)."""
-    from boxhack.experiments.jsonl import latest_by_key, read_rows
+    from boxhack.infra.jsonl import latest_by_key, read_rows
 
     exp_dir = Path(out_dir) / NAME
     latest = latest_by_key(read_rows(exp_dir / "rows.jsonl"))

@@ -198,7 +198,7 @@ def _fmt(v, digits=4):
 def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
     """Tables, one robustness-curve figure per goal, an examples figure and summary.json,
     from ``out_dir/gradient/rows.jsonl`` alone."""
-    from boxhack.experiments.jsonl import latest_by_key, read_rows
+    from boxhack.infra.jsonl import latest_by_key, read_rows
     from boxhack.report.curves import budget_at, plot_before_after, plot_robustness_curves
 
     exp_dir = Path(out_dir) / NAME

@@ -29,7 +29,7 @@ import numpy as np
 
 from boxhack.errors import BoxhackError
 from boxhack.experiments.campaign import Job, run_campaign
-from boxhack.experiments.jsonl import latest_by_key, read_rows
+from boxhack.infra.jsonl import latest_by_key, read_rows
 
 NAME = "novelty"
 TITLE = "The networks and the monitor's novelty detection (Outside the Box)"

@@ -116,7 +116,7 @@ def _now() -> str:
 
 
 def _write_run(path: Path, run: Mapping[str, Any]) -> None:
-    from boxhack.experiments.jsonl import to_jsonable
+    from boxhack.infra.jsonl import to_jsonable
 
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(to_jsonable(run), indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -392,7 +392,7 @@ def _read_json(path: Path):
 
 def load_rows(out_dir) -> tuple[dict, list[dict]]:
     """The experiment's config and its current rows (newest per key, of this config only)."""
-    from boxhack.experiments.jsonl import latest_by_key, read_rows
+    from boxhack.infra.jsonl import latest_by_key, read_rows
 
     paths = _paths(out_dir)
     config = _read_json(paths["config"])
@@ -519,7 +519,7 @@ def summarise(out_dir) -> dict:
         "timing": {"wall_s": wall, "jobs": len(config["keys"]), "rows": len(rows),
                    "errors": len(err_rows), "runs": timing["runs"]},
     }
-    from boxhack.experiments.jsonl import to_jsonable
+    from boxhack.infra.jsonl import to_jsonable
 
     paths["summary"].write_text(json.dumps(to_jsonable(summary), indent=1) + "\n")
     return summary

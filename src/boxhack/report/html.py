@@ -121,7 +121,7 @@ def load_summaries(run_dir: str | Path) -> list[tuple[str, dict[str, Any] | None
 
 def rows_stats(rows_path: str | Path) -> dict[str, Any] | None:
     """Counts from an experiment's JSONL: rows, ok, errors, summed job seconds, first errors."""
-    from boxhack.experiments.jsonl import latest_by_key, read_rows
+    from boxhack.infra.jsonl import latest_by_key, read_rows
 
     path = Path(rows_path)
     if not path.is_file():

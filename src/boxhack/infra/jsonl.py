@@ -13,13 +13,13 @@ is strict JSON that any reader can parse.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from boxhack.errors import BoxhackError
+from boxhack.infra.arrays import to_jsonable
 
 __all__ = [
     "append_row",
@@ -30,36 +30,6 @@ __all__ = [
     "repair_tail",
     "to_jsonable",
 ]
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Return ``obj`` as plain JSON types (see the module docstring for the conversions).
-
-    Raises ``TypeError`` for anything else (sets, arbitrary objects), naming the type.
-    """
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):  # like json: 1 -> "1", True -> "true", None -> "null"
-                k = to_jsonable(k)
-                if isinstance(k, (list, dict)):
-                    raise TypeError("a list or dict cannot be a JSON object key")
-                k = k if isinstance(k, str) else json.dumps(k)
-            out[k] = to_jsonable(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    # numpy without importing it: np.generic and np.ndarray both have .tolist()/.item().
-    mod = type(obj).__module__
-    if (mod == "numpy" or mod.startswith("numpy.")) and hasattr(obj, "tolist"):
-        return to_jsonable(obj.tolist())
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON-serialisable")
 
 
 def encode_row(row: Mapping[str, Any]) -> bytes:

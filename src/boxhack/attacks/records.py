@@ -1,0 +1,262 @@
+"""Stored attacks that anyone can re-check: exact inputs plus what they were checked against.
+
+An *attack record* is a JSON-able dict that an experiment puts into its JSONL row (under
+``"attacks"``, a list) or that ``--save`` writes to a file. It holds everything needed to
+re-run :func:`boxhack.attacks.verify.verify` later, on another machine, with nothing rounded::
+
+    {"record": 1,
+     "model":   {"path": "models/models/mnist10", "sha256": "<weights hash>"},
+     "monitor": {"path": "models/monitors/mnist10-relu2-k1-tol0.npz", "sha256": "<file hash>"},
+     "goal": "dos", "x0": <float32 array>, "x": <float32 array>,
+     "labels": [..] | null, "targets": [..] | null,
+     "success": [true, false, ...],            # what the attack claimed, per sample
+     "budget": {"norm": "linf", "eps": 0.1} | null}
+
+Arrays are stored as float32 bits (:mod:`boxhack.infra.arrays`). Paths are relative to the
+run directory when the file lies inside it (so a run directory can be moved or copied), else
+absolute. :func:`recheck` re-decides every sample with the exact model and monitor: a stored
+success *holds* when ``verify`` says success again and the stored perturbation is within the
+budget, computed exactly from the float32 values.
+
+Files written by ``--save`` are ``.npz`` archives (``allow_pickle=False`` to read) with the
+arrays ``x0``, ``x``, ``success``, ``labels``/``targets`` when present, and ``record``: the
+record's JSON without its arrays; :func:`save_attack` / :func:`load_attack` write and read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boxhack.attacks.verify import AttackResult, check_goal, verify
+from boxhack.errors import BoxhackError
+from boxhack.infra.arrays import decode_array, encode_array
+from boxhack.infra.files import atomic_path
+
+__all__ = [
+    "RECORD_VERSION",
+    "Recheck",
+    "attack_record",
+    "file_ref",
+    "load_attack",
+    "norm_of",
+    "recheck",
+    "resolve_ref",
+    "save_attack",
+    "within_budget",
+]
+
+RECORD_VERSION = 1
+NORMS = ("l1", "l2", "linf")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_ref(path: str | os.PathLike, *, base: str | os.PathLike | None = None,
+             sha256: str | None = None) -> dict[str, str]:
+    """``{"path", "sha256"}`` for a model directory or monitor file.
+
+    The path is stored relative to ``base`` (a run directory) when it lies inside it. For a
+    file the hash is the file's SHA-256; for a boxhack model directory pass the weights' hash
+    recorded in its ``model.json`` as ``sha256``.
+    """
+    p = Path(path)
+    if sha256 is None:
+        if not p.is_file():
+            raise BoxhackError(f"cannot reference {p}: not a file (pass sha256= for a directory)")
+        sha256 = _sha256(p)
+    text = str(p)
+    if base is not None:
+        try:
+            text = str(p.resolve().relative_to(Path(base).resolve()))
+        except ValueError:
+            text = str(p.resolve())
+    return {"path": text, "sha256": str(sha256)}
+
+
+def resolve_ref(ref: Mapping[str, Any], base: str | os.PathLike | None) -> Path:
+    """The path a reference names (relative ones are taken relative to ``base``)."""
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("path"), str):
+        raise BoxhackError(f"malformed file reference {ref!r} in a stored attack")
+    p = Path(ref["path"])
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return p
+
+
+def norm_of(x0: np.ndarray, x: np.ndarray, norm: str) -> np.ndarray:
+    """Per-sample ``norm`` of ``x - x0``, computed exactly (float64 of float32 values)."""
+    d = (np.asarray(x, np.float32).astype(np.float64)
+         - np.asarray(x0, np.float32).astype(np.float64)).reshape(len(x), -1)  # fmt: skip
+    if norm == "l1":
+        return np.abs(d).sum(1)
+    if norm == "l2":
+        return np.sqrt((d * d).sum(1))
+    if norm == "linf":
+        return np.abs(d).max(1) if d.shape[1] else np.zeros(len(d))
+    raise BoxhackError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+
+
+def within_budget(x0: np.ndarray, x: np.ndarray, budget: Mapping[str, Any] | None) -> np.ndarray:
+    """Per sample: is ``x - x0`` within ``budget`` (``{"norm", "eps"}``; ``None`` = no budget)?"""
+    n = len(x)
+    if not budget or budget.get("eps") is None:
+        return np.ones(n, dtype=bool)
+    return norm_of(x0, x, str(budget["norm"])) <= float(budget["eps"])
+
+
+def attack_record(
+    result: AttackResult,
+    *,
+    model: Mapping[str, str],
+    monitor: Mapping[str, str],
+    budget: Mapping[str, Any] | None = None,
+    select: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """A record of ``result`` (all samples, or the boolean/int selection ``select``).
+
+    ``model`` and ``monitor`` are references from :func:`file_ref`; ``budget`` is
+    ``{"norm": "l2"|"l1"|"linf", "eps": float}`` when the attack had one.
+    """
+    idx = np.arange(len(result)) if select is None else np.asarray(select)
+    if idx.dtype == bool:
+        idx = np.flatnonzero(idx)
+    if budget is not None:
+        if budget.get("norm") not in NORMS:
+            raise BoxhackError(f"budget norm must be one of {NORMS}, got {budget.get('norm')!r}")
+        budget = {"norm": str(budget["norm"]),
+                  "eps": None if budget.get("eps") is None else float(budget["eps"])}
+    return {
+        "record": RECORD_VERSION,
+        "model": dict(model),
+        "monitor": dict(monitor),
+        "goal": result.goal,
+        "x0": encode_array(result.x0[idx]),
+        "x": encode_array(result.x[idx]),
+        "labels": None if result.labels is None else result.labels[idx].tolist(),
+        "targets": None if result.targets is None else result.targets[idx].tolist(),
+        "success": result.success[idx].astype(bool).tolist(),
+        "budget": budget,
+    }
+
+
+@dataclass
+class Recheck:
+    """The outcome of re-checking one record: ``claimed`` successes, how many ``hold``."""
+
+    claimed: int = 0
+    hold: int = 0
+    samples: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, other: Recheck) -> None:
+        self.claimed += other.claimed
+        self.hold += other.hold
+        self.samples += other.samples
+        self.failures.extend(other.failures)
+
+
+def _arrays(record: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    x0, x = record.get("x0"), record.get("x")
+    x0 = decode_array(x0) if isinstance(x0, Mapping) else np.asarray(x0, np.float32)
+    x = decode_array(x) if isinstance(x, Mapping) else np.asarray(x, np.float32)
+    if x0.shape != x.shape or x0.ndim < 1:
+        raise BoxhackError(f"stored attack has x0 {x0.shape} and x {x.shape}; they must match")
+    return x0.astype(np.float32), x.astype(np.float32)
+
+
+def recheck(record: Mapping[str, Any], model, monitor) -> Recheck:
+    """Re-decide every sample of ``record`` with ``model`` and ``monitor`` (exact float32).
+
+    A claimed success holds when :func:`~boxhack.attacks.verify.verify` decides success again
+    and the perturbation is within the record's budget. Samples the attack did not claim are
+    re-checked too but do not count either way.
+    """
+    if record.get("record") != RECORD_VERSION:
+        raise BoxhackError(
+            f"stored attack has record version {record.get('record')!r}; this boxhack reads "
+            f"version {RECORD_VERSION}"
+        )
+    goal = check_goal(str(record.get("goal")))
+    x0, x = _arrays(record)
+    claimed = np.asarray(record.get("success"), dtype=bool).reshape(-1)
+    if len(claimed) != len(x):
+        raise BoxhackError(f"stored attack has {len(x)} inputs but {len(claimed)} success flags")
+    labels = record.get("labels")
+    targets = record.get("targets")
+    res = verify(model, monitor, x0, x, goal, labels=labels, targets=targets)
+    ok = res.success & within_budget(x0, x, record.get("budget"))
+    holds = claimed & ok
+    out = Recheck(claimed=int(claimed.sum()), hold=int(holds.sum()), samples=len(x))
+    for i in np.flatnonzero(claimed & ~ok)[:20]:
+        out.failures.append({
+            "sample": int(i), "goal": goal, "pred0": int(res.pred0[i]), "pred": int(res.pred[i]),
+            "accepted": bool(res.accepted[i]),
+            "within_budget": bool(within_budget(x0[i:i + 1], x[i:i + 1], record.get("budget"))[0]),
+        })  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------------------ --save files
+
+
+def save_attack(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write ``record`` as an ``.npz`` (arrays as arrays, the rest as JSON), atomically."""
+    path = Path(path)
+    x0, x = _arrays(record)
+    meta = {k: v for k, v in record.items() if k not in ("x0", "x", "success", "labels",
+                                                         "targets")}  # fmt: skip
+    arrays: dict[str, np.ndarray] = {
+        "record": np.array(json.dumps(meta)),
+        "x0": x0,
+        "x": x,
+        "success": np.asarray(record["success"], dtype=bool),
+    }
+    for key in ("labels", "targets"):
+        if record.get(key) is not None:
+            arrays[key] = np.asarray(record[key], dtype=np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
+
+
+def load_attack(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by :func:`save_attack` back into a record (arrays decoded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BoxhackError(f"saved attack file {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        meta = json.loads(str(arrays["record"][()]))
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise BoxhackError(
+            f"cannot read saved attack {path}: {exc or type(exc).__name__} (corrupt or not "
+            f"written by boxhack --save?)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise BoxhackError(f"{path}: its record is not a JSON object")
+    for key in ("x0", "x", "success"):
+        if key not in arrays:
+            raise BoxhackError(f"{path}: array {key!r} is missing")
+    record = dict(meta)
+    record["x0"] = encode_array(arrays["x0"])
+    record["x"] = encode_array(arrays["x"])
+    record["success"] = arrays["success"].astype(bool).tolist()
+    for key in ("labels", "targets"):
+        record[key] = arrays[key].tolist() if key in arrays else None
+    return record

@@ -12,6 +12,13 @@ Goals (``c0`` = the model's prediction on the original input ``x0``):
 - ``"combined"`` (adversarial and accepted): predict(x) != label and the monitor accepts x;
   ``label`` is the true label when given, else c0.
 - ``"misclassify"``: predict(x) != label (plain adversarial example, monitor ignored).
+
+Which inputs count. An input whose original ``x0`` already meets the goal (a DoS on an input
+the monitor already rejects, an intrusion with an input it already accepts) was not attacked:
+``already`` marks it, and it is never a success. Attack 1 (``"dos"``) is defined from inputs
+that are *correctly classified and accepted*: with ``labels`` given, a misclassified ``x0`` is
+not eligible either. ``success`` is true only for eligible inputs, and rates and norm medians
+are taken over the eligible (attacked) inputs; the ``already`` ones are reported apart.
 """
 
 from __future__ import annotations
@@ -45,13 +52,29 @@ class AttackResult:
     labels: np.ndarray | None = None
     targets: np.ndarray | None = None
     info: dict = field(default_factory=dict)  # attack-specific: times, evaluations, messages
+    eligible: np.ndarray | None = None  # bool: x0 meets the goal's starting condition
+    already: np.ndarray | None = None  # bool: x0 itself already meets the goal (not attacked)
+
+    def __post_init__(self) -> None:
+        n = len(self.success)
+        if self.already is None:
+            self.already = np.zeros(n, dtype=bool)
+        if self.eligible is None:
+            self.eligible = ~self.already
 
     def __len__(self) -> int:
         return len(self.success)
 
     @property
+    def n_attacked(self) -> int:
+        """How many inputs were really attacked (eligible ones)."""
+        return int(self.eligible.sum())
+
+    @property
     def success_rate(self) -> float:
-        return float(self.success.mean()) if len(self) else float("nan")
+        """Successes over the attacked (eligible) inputs; NaN when none was attacked."""
+        n = self.n_attacked
+        return float(self.success[self.eligible].sum() / n) if n else float("nan")
 
     def rows(self) -> list[dict]:
         """One JSON-ready dict per sample (perturbation norms, verdicts)."""
@@ -68,6 +91,8 @@ class AttackResult:
                     "l1": float(self.l1[i]),
                     "l2": float(self.l2[i]),
                     "linf": float(self.linf[i]),
+                    "eligible": bool(self.eligible[i]),
+                    "already": bool(self.already[i]),
                     **({"label": int(self.labels[i])} if self.labels is not None else {}),
                     **({"target": int(self.targets[i])} if self.targets is not None else {}),
                 }
@@ -134,6 +159,24 @@ def decide(
     return pred != reference  # misclassify
 
 
+def starting_state(
+    goal: str,
+    pred0: np.ndarray,
+    accepted0: np.ndarray,
+    labels: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(eligible, already)`` per input: may it be attacked for ``goal``, and does the
+    original already meet the goal? (See the module docstring.)"""
+    pred0 = np.asarray(pred0)
+    accepted0 = np.asarray(accepted0, dtype=bool)
+    already = decide(goal, pred0, pred0, accepted0, labels, targets)
+    eligible = ~already
+    if goal == "dos" and labels is not None:
+        eligible &= pred0 == np.asarray(labels)
+    return eligible, already
+
+
 def verify(
     model,
     monitor,
@@ -166,7 +209,9 @@ def verify(
     pred, accepted = np.asarray(pred), np.asarray(accepted, dtype=bool)
     labels_arr = None if labels is None else np.asarray(labels, dtype=np.int64)
     targets_arr = None if targets is None else np.asarray(targets, dtype=np.int64)
-    success = decide(goal, np.asarray(pred0), pred, accepted, labels_arr, targets_arr) & valid
+    eligible, already = starting_state(goal, pred0, accepted0, labels_arr, targets_arr)
+    success = decide(goal, np.asarray(pred0), pred, accepted, labels_arr, targets_arr)
+    success &= valid & eligible
     delta = (x - x0).reshape(len(x), -1).astype(np.float64)
     return AttackResult(
         goal=goal,
@@ -183,4 +228,6 @@ def verify(
         labels=labels_arr,
         targets=targets_arr,
         info=dict(info or {}),
+        eligible=eligible,
+        already=already,
     )

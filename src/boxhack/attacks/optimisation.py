@@ -28,17 +28,26 @@ Solvers (``solver=``): ``"slsqp"``, ``"cobyla"`` (``scipy.optimize.minimize``), 
 ``"de"`` (``differential_evolution``, vectorised). Search spaces (``space=``): see
 :mod:`boxhack.attacks.subspace`.
 
-Every solve runs in a sandbox process (:mod:`boxhack.attacks.sandbox`) with a wall-clock and a
-memory limit that are really enforced. Inside, every point the solver evaluates that satisfies
-the encoded constraints is a candidate; the best one is checked exactly and streamed to the
-parent, so even a solve killed at its time limit can return an attack. At the end the solver's
-answer and the best candidate (each also pushed slightly further along its direction from the
-start) are checked with the exact float32 model and monitor, and the closest one that meets the
-goal is returned. The final word is :func:`boxhack.attacks.verify.verify`: nothing counts as a
-success unless it passes there.
+Budgets, not clocks: a solve ends when its solver stops by itself or when its budget is spent:
+the solver's own limits (``solver_options``: SLSQP ``maxiter``, COBYLA ``maxiter`` = evaluations,
+DE ``maxiter`` = generations, SHGO sampling and local iterations; defaults in
+:func:`solver_settings`) and ``max_evals`` (points evaluated). So the same call gives the same
+result on a quiet and on a busy machine. Every solve runs in a sandbox process
+(:mod:`boxhack.attacks.sandbox`) under a memory limit and a wall-clock *safety net*
+(``time_limit``, counted from the moment the solve starts in its process) that only kills a
+solve stuck in C code; choose it far above the budget's normal run time. A killed solve's
+outcome is ``"timeout"``: it keeps the best exactly-checked point it had streamed and reports
+its true number of evaluations (a shared counter the parent reads after the kill).
+
+Inside, every point the solver evaluates that satisfies the encoded constraints is a
+candidate. At the end the solver's answer and the best candidate (each also pushed slightly
+further along its direction from the start) are checked with the exact float32 model and
+monitor, and the closest one that meets the goal is returned. The final word is
+:func:`boxhack.attacks.verify.verify`: nothing counts as a success unless it passes there.
 
 Outcomes per sample (``result.info["outcome"]``): ``"success"`` (verified), ``"failed"`` (the
-solver ended without a verified attack), ``"timeout"``, ``"out-of-memory"``, ``"error"``.
+solver ended, or its budget was spent, without a verified attack), ``"timeout"`` (killed by the
+safety net), ``"out-of-memory"``, ``"error"``.
 """
 
 from __future__ import annotations
@@ -59,7 +68,8 @@ from boxhack.attacks.subspace import make_space, parse_space
 from boxhack.attacks.verify import AttackResult, as_batch, decide, verify
 from boxhack.errors import BoxhackError
 
-__all__ = ["ENCODINGS", "GOALS", "NORMS", "SOLVERS", "optimise_attack"]
+__all__ = ["ENCODINGS", "GOALS", "NORMS", "SOLVERS", "n_variables", "optimise_attack",
+           "solver_settings"]
 
 SOLVERS = ("slsqp", "cobyla", "shgo", "de")
 NORMS = ("l1", "l2")
@@ -69,8 +79,7 @@ OUTCOMES = ("success", "failed", "timeout", "out-of-memory", "error")
 
 SLACK = 1e-4  # margin encoding: constraints are margin >= SLACK (logit and monitor units)
 PUSHES = (0.0, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)  # tried on x0 + (1 + t)(x - x0) before giving up
-REPORT_EVERY = 0.2  # seconds between streamed best-so-far points
-HEARTBEAT = 1.0  # seconds between progress messages carrying the evaluation count
+REPORT_EVERY = 50  # evaluations between exact checks of a new best candidate (for a kill)
 _TASK = "boxhack.attacks.optimisation:solve_task"
 _PRELOAD = ("boxhack.attacks.optimisation", "scipy.optimize")
 
@@ -91,7 +100,7 @@ def optimise_attack(
     space: str = "input",
     labels=None,
     starts=None,
-    time_limit: float | None = 60.0,
+    time_limit: float | None = 600.0,
     memory_limit_mb: float | None = 4096,
     max_evals: int | None = None,
     n_jobs: int = 1,
@@ -113,21 +122,23 @@ def optimise_attack(
         starts: initial points (e.g. FGSM outputs) of the same shape as ``x0``; the search is
             centred there while the distance is still measured to ``x0``. SHGO ignores it in the
             input space (it has no starting point) but a subspace is centred on it.
-        time_limit: seconds per solve (cooperative stop, then the solve's process is killed
-            ``max(0.5, 0.1 * time_limit)`` seconds later); ``None`` = no limit.
+        time_limit: the safety net: seconds after its start at which a solve's process is
+            killed (outcome ``"timeout"``); ``None`` = none. It does not decide results: set it
+            far above the budget's normal run time.
         memory_limit_mb: extra address space a solve may take; ``None`` = no limit.
-        max_evals: cap on the points evaluated per solve (``None`` = the solver's own limits).
+        max_evals: budget of points evaluated per solve (``None`` = the solver's own limits).
         n_jobs: solves run in parallel (one process each).
         train_inputs: training inputs, needed by ``space="pca:K"``.
         seed: random seed (DE; per sample ``[seed, i]``).
         input_shape: the model's per-sample input shape (inferred when omitted).
-        solver_options: extra keyword arguments for the SciPy solver (override the defaults).
-        isolate: ``False`` runs solves in this process (no hard time or memory limit; for
+        solver_options: the solver's budget and settings (override :func:`solver_settings`).
+        isolate: ``False`` runs solves in this process (no safety net or memory limit; for
             debugging).
 
     Returns:
         An :class:`~boxhack.attacks.verify.AttackResult`; ``info`` holds per-sample lists
-        ``outcome``, ``wall_s``, ``nfev``, ``nit``, ``message``, ``stopped_by`` and the settings.
+        ``outcome``, ``wall_s``, ``nfev``, ``nit``, ``message``, ``stopped_by`` and the settings
+        (``budget``: ``max_evals`` and the solver's effective settings).
 
     Raises:
         BoxhackError: bad names, shapes or values, or ``x0`` already in the goal's end state
@@ -144,67 +155,33 @@ def optimise_attack(
     model.eval()
     x0_arr, shape = _as_inputs(model, x0, input_shape)
     n = len(x0_arr)
-    if kind == "pca" and train_inputs is None:
-        raise BoxhackError(f"space={space!r} needs train_inputs= (the model's training inputs)")
-    if train_inputs is not None:
-        train_inputs = np.asarray(train_inputs, dtype=np.float32)
-        if tuple(train_inputs.shape[1:]) != shape:
-            raise BoxhackError(
-                f"train_inputs have per-sample shape {tuple(train_inputs.shape[1:])}, the inputs "
-                f"{shape}"
-            )
-    if kind == "blocks" and len(shape) not in (2, 3):
-        raise BoxhackError(
-            f"space={space!r} needs image inputs; these inputs have shape {shape}: use 'input' "
-            f"or 'pca:K'"
-        )
+    train_inputs = _check_space_inputs(space, kind, shape, train_inputs)
     starts_arr = None
     if starts is not None:
         starts_arr = as_batch(starts, "starts", shape)
         if len(starts_arr) != n:
             raise BoxhackError(f"starts has {len(starts_arr)} inputs, x0 has {n}")
-    labels_arr = None
-    if labels is not None:
-        labels_arr = np.asarray(labels).reshape(-1)
-        if len(labels_arr) != n or not np.issubdtype(labels_arr.dtype, np.integer):
-            raise BoxhackError(f"labels must be {n} integer class indices, got {labels_arr!r}")
-        labels_arr = labels_arr.astype(np.int64)
-
+    labels_arr = _check_labels(labels, n, monitor)
     pred0, acc0 = monitor.predict(model, x0_arr)
     pred0 = np.asarray(pred0, dtype=np.int64)
     acc0 = np.asarray(acc0, dtype=bool)
     _check_start_state(goal, acc0)
-    if labels_arr is None:
-        labels_arr_eff = pred0.copy()
-    else:
-        labels_arr_eff = labels_arr
-    n_classes = int(getattr(monitor, "n_classes_", 0) or 0)
-    if n_classes and labels_arr is not None and labels_arr.max() >= n_classes:
-        raise BoxhackError(f"labels go up to {labels_arr.max()}, the monitor knows {n_classes} classes")
+    labels_eff = pred0.copy() if labels_arr is None else labels_arr
 
+    nv = n_variables(solver, norm, space, shape)
+    settings = solver_settings(solver, nv, solver_options)
     packed_model = _pack_model(model)
-    options = dict(solver_options or {})
     tasks = []
     for i in range(n):
         args = {
-            "model": packed_model,
-            "monitor": monitor,
-            "x0": x0_arr[i],
+            "model": packed_model, "monitor": monitor, "x0": x0_arr[i],
             "start": None if starts_arr is None else starts_arr[i],
-            "c0": int(pred0[i]),
-            "label": int(labels_arr_eff[i]),
-            "goal": goal,
-            "norm": norm,
-            "solver": solver,
-            "encoding": encoding,
-            "space": space,
+            "c0": int(pred0[i]), "label": int(labels_eff[i]), "goal": goal, "norm": norm,
+            "solver": solver, "encoding": encoding, "space": space,
             "train_inputs": train_inputs if kind == "pca" else None,
-            "max_evals": max_evals,
-            "seed": [int(seed), i],
-            "options": options,
-        }
+            "max_evals": max_evals, "seed": [int(seed), i], "options": settings,
+        }  # fmt: skip
         tasks.append(Task(_TASK, args, time_limit, memory_limit_mb))
-
     if isolate:
         pool: SandboxPool = shared_pool(n_jobs, _PRELOAD)
         pool.size = max(1, n_jobs)
@@ -212,8 +189,25 @@ def optimise_attack(
     else:
         outcomes = [_run_inline(t) for t in tasks]
 
+    x_out, per = _collect(outcomes, x0_arr, shape)
+    result = verify(
+        model, monitor, x0_arr, x_out, goal,
+        labels=labels_arr, pred0=pred0, accepted0=acc0,
+    )  # fmt: skip
+    per["outcome"] = [_outcome(bool(result.success[i]), out) for i, out in enumerate(outcomes)]
+    result.info.update(per)
+    result.info.update(
+        solver=solver, norm=norm, encoding=encoding, space=space, goal=goal,
+        time_limit=time_limit, memory_limit_mb=memory_limit_mb, max_evals=max_evals,
+        budget={"max_evals": max_evals, "solver": settings, "n_variables": nv},
+    )  # fmt: skip
+    return result
+
+
+def _collect(outcomes, x0_arr: np.ndarray, shape) -> tuple[np.ndarray, dict]:
+    """The points the solves returned (or streamed before a kill) and their statistics."""
     x_out = x0_arr.copy()
-    per = {k: [] for k in ("outcome", "wall_s", "nfev", "nit", "message", "stopped_by")}
+    per = {k: [] for k in ("wall_s", "nfev", "nit", "message", "stopped_by")}
     for i, out in enumerate(outcomes):
         value = out.value if out.status == "ok" else None
         best = value if value is not None else out.progress
@@ -221,33 +215,56 @@ def optimise_attack(
             x_out[i] = np.asarray(best["x"], dtype=np.float32).reshape(shape)
         info = value or out.progress or {}
         per["wall_s"].append(float(out.wall_s))
-        per["nfev"].append(int(info.get("nfev", 0)))
+        # the shared counter is the truth for a killed solve; a finished one says itself
+        per["nfev"].append(int(info["nfev"]) if value is not None else int(out.count))
         per["nit"].append(int(info.get("nit", 0)))
         if out.status == "ok":
             per["message"].append(str(value.get("message", "")))
             per["stopped_by"].append(str(value.get("stopped_by", "solver")))
         else:
             per["message"].append(out.message.splitlines()[0] if out.message else out.status)
-            per["stopped_by"].append(out.status)
-    result = verify(
-        model, monitor, x0_arr, x_out, goal,
-        labels=labels_arr, pred0=pred0, accepted0=acc0,
-    )  # fmt: skip
-    for i, out in enumerate(outcomes):
-        if result.success[i]:
-            per["outcome"].append("success")
-        elif out.status != "ok":
-            per["outcome"].append(out.status)
-        elif per["stopped_by"][i] == "time-limit":
-            per["outcome"].append("timeout")
-        else:
-            per["outcome"].append("failed")
-    result.info.update(per)
-    result.info.update(
-        solver=solver, norm=norm, encoding=encoding, space=space, goal=goal,
-        time_limit=time_limit, memory_limit_mb=memory_limit_mb, max_evals=max_evals,
-    )  # fmt: skip
-    return result
+            per["stopped_by"].append("safety-net" if out.status == "timeout" else out.status)
+    return x_out, per
+
+
+def _outcome(success: bool, out) -> str:
+    """``"timeout"`` whenever the safety net fired (even if the point it kept is an attack: a
+    killed solve is reported, never passed off as a normal one)."""
+    if out.status != "ok":
+        return out.status
+    return "success" if success else "failed"
+
+
+def _check_space_inputs(space: str, kind: str, shape, train_inputs):
+    if kind == "pca" and train_inputs is None:
+        raise BoxhackError(f"space={space!r} needs train_inputs= (the model's training inputs)")
+    if kind == "blocks" and len(shape) not in (2, 3):
+        raise BoxhackError(
+            f"space={space!r} needs image inputs; these inputs have shape {shape}: use 'input' "
+            f"or 'pca:K'"
+        )
+    if train_inputs is None:
+        return None
+    train_inputs = np.asarray(train_inputs, dtype=np.float32)
+    if tuple(train_inputs.shape[1:]) != shape:
+        raise BoxhackError(
+            f"train_inputs have per-sample shape {tuple(train_inputs.shape[1:])}, the inputs "
+            f"{shape}"
+        )
+    return train_inputs
+
+
+def _check_labels(labels, n: int, monitor) -> np.ndarray | None:
+    if labels is None:
+        return None
+    arr = np.asarray(labels).reshape(-1)
+    if len(arr) != n or not np.issubdtype(arr.dtype, np.integer):
+        raise BoxhackError(f"labels must be {n} integer class indices, got {arr!r}")
+    arr = arr.astype(np.int64)
+    n_classes = int(getattr(monitor, "n_classes_", 0) or 0)
+    if n_classes and (arr.max() >= n_classes or arr.min() < 0):
+        raise BoxhackError(f"labels go up to {arr.max()}, the monitor knows {n_classes} classes")
+    return arr
 
 
 def _choose(what: str, value, allowed: tuple[str, ...]) -> str:
@@ -330,23 +347,24 @@ def _unpack_model(packed):
 
 
 def _run_inline(task: Task):
+    """Solve in this process (no safety net, no memory limit)."""
     from boxhack.attacks.sandbox import Outcome
 
     start = time.monotonic()
-    deadline = None if task.time_limit is None else start + task.time_limit
-    holder = {}
-    ctx = TaskContext(deadline=deadline, report=lambda v: holder.__setitem__("p", v), started=start)
+    held = {"p": None, "n": 0}
+    ctx = TaskContext(report=lambda v: held.__setitem__("p", v),
+                      count=lambda n: held.__setitem__("n", int(n)), started=start)  # fmt: skip
+    status, value, message = "ok", None, ""
     try:
         value = solve_task(task.args, ctx)
-        return Outcome("ok", value=value, progress=holder.get("p"), wall_s=time.monotonic() - start)
     except MemoryError as exc:
-        return Outcome("out-of-memory", progress=holder.get("p"), message=str(exc),
-                       wall_s=time.monotonic() - start)  # fmt: skip
+        status, message = "out-of-memory", str(exc)
     except BoxhackError:
         raise
     except Exception as exc:  # noqa: BLE001 - a solver failure is an outcome
-        return Outcome("error", progress=holder.get("p"), message=f"{type(exc).__name__}: {exc}",
-                       wall_s=time.monotonic() - start)  # fmt: skip
+        status, message = "error", f"{type(exc).__name__}: {exc}"
+    return Outcome(status, value=value, progress=held["p"], message=message,
+                   wall_s=time.monotonic() - start, count=held["n"])  # fmt: skip
 
 
 # ============================================================================================
@@ -354,7 +372,7 @@ def _run_inline(task: Task):
 
 
 class _Stop(Exception):
-    """Raised from inside an evaluation to end a solve (time or evaluation limit)."""
+    """Raised from inside an evaluation to end a solve whose evaluation budget is spent."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -366,7 +384,7 @@ class _Best:
     dist: float = math.inf
     x: np.ndarray | None = None
     reported_dist: float = math.inf
-    reported_at: float = -math.inf
+    checked_at: int = -REPORT_EVERY  # evaluation count of the last exact check
 
 
 class Problem:
@@ -397,12 +415,14 @@ class Problem:
         self.c0 = int(args["c0"])
         self.label = int(args["label"])
         self.n_classes = int(self.monitor.n_classes_)
-        self.aux = self.norm == "l1" and self.space.kind == "input"
+        self.aux = _uses_aux(args["solver"], self.norm, self.space.kind)
         n = self.space.n_inputs
         k = self.space.dim
         if self.aux:
             self.lower = np.concatenate([self.space.lower, np.zeros(n)])
-            self.upper = np.concatenate([self.space.upper, np.ones(n)])
+            # |x_i - x0_i| can never exceed max(x0_i, 1 - x0_i) inside [0, 1]: a tight box
+            # keeps the samples of the global solvers where the optimum can be
+            self.upper = np.concatenate([self.space.upper, np.maximum(self.x0, 1.0 - self.x0)])
             z0 = np.abs(anchor - self.x0)
             self.v0 = np.concatenate([self.space.initial(), z0])
         else:
@@ -415,7 +435,6 @@ class Problem:
         self.nfev = 0
         self.best = _Best()
         self._reported_x: np.ndarray | None = None
-        self._heartbeat = time.monotonic()
         self._cache_key: bytes | None = None
         self._cache: tuple | None = None
         self.x0_t64 = torch.as_tensor(self.x0)
@@ -424,15 +443,13 @@ class Problem:
 
     # ---------------------------------------------------------------- core evaluation
     def _tick(self, count: int) -> None:
-        self.nfev += count
-        now = time.monotonic()
-        if now - self._heartbeat >= HEARTBEAT:
-            self._heartbeat = now
-            self.report_best(force=True)
-        if self.max_evals is not None and self.nfev > self.max_evals:
+        """Count ``count`` evaluations about to be made, or stop if the budget is spent (the
+        count stays the number of points really evaluated; the parent can read it any time)."""
+        if self.max_evals is not None and self.nfev + count > self.max_evals:
+            self.report_best()
             raise _Stop("eval-limit")
-        if self.ctx.deadline is not None and time.monotonic() > self.ctx.deadline:
-            raise _Stop("time-limit")
+        self.nfev += count
+        self.ctx.count(self.nfev)
 
     def _inputs(self, v: torch.Tensor) -> torch.Tensor:
         return self.space.to_input(v[:, : self.k])
@@ -533,22 +550,23 @@ class Problem:
         if d[j] < self.best.dist:
             self.best.dist = float(d[j])
             self.best.x = x[idx[j]].copy()
-            now = time.monotonic()
-            if now - self.best.reported_at >= REPORT_EVERY:
-                self.report_best()
+        if self.nfev - self.best.checked_at >= REPORT_EVERY:
+            self.report_best()
 
-    def report_best(self, force: bool = False) -> None:
-        """Check the best candidate exactly and stream it to the parent if it is an attack
-        (``force``: send the evaluation count even when there is nothing new)."""
-        if self.best.x is not None and self.best.dist < self.best.reported_dist:
-            self.best.reported_at = time.monotonic()
-            chosen = self.choose([self.best.x])
-            if chosen is not None:
-                self.best.reported_dist = float(self.distance(chosen.astype(np.float64))[0])
-                self._reported_x = chosen.reshape(self.shape)
-                force = True
-        if force:
-            self.ctx.report({"x": self._reported_x, "nfev": self.nfev})
+    def report_best(self) -> None:
+        """Check the best candidate exactly and stream it to the parent if it is a better
+        attack than the last one streamed (what a solve killed by the safety net keeps). Runs
+        at most every ``REPORT_EVERY`` evaluations, counted, so it never depends on timing;
+        the solve's own answer is chosen at its end, independently of these reports."""
+        self.best.checked_at = self.nfev
+        if self.best.x is None or self.best.dist >= self.best.reported_dist:
+            return
+        chosen = self.choose([self.best.x])
+        if chosen is None:
+            return
+        self.best.reported_dist = float(self.distance(chosen.astype(np.float64))[0])
+        self._reported_x = chosen.reshape(self.shape)
+        self.ctx.report({"x": self._reported_x, "nfev": self.nfev})
 
     # ---------------------------------------------------------------- cached scalar views
     def _at(self, v, grad: bool = False) -> tuple:
@@ -634,6 +652,53 @@ class Problem:
         return batch[idx[int(np.argmin(d))]]
 
 
+def n_variables(solver: str, norm: str, space: str, input_shape) -> int:
+    """How many variables ``solver`` works with (the solve's dimension): the search space's
+    size, doubled by the auxiliary L1 variables where they are used (see :class:`Problem`)."""
+    kind, k = parse_space(space)
+    shape = tuple(int(s) for s in input_shape)
+    if kind == "input":
+        dim = int(np.prod(shape))
+    elif kind == "pca":
+        dim = int(k)
+    else:
+        dim = (1 if len(shape) == 2 else shape[0]) * int(k) ** 2
+    return 2 * dim if _uses_aux(solver, norm, kind) else dim
+
+
+def _uses_aux(solver: str, norm: str, kind: str) -> bool:
+    # the paper's auxiliary L1 variables, in the input space, for the solvers that need a
+    # smooth objective or profit from it; SHGO samples: the extra variables double its
+    # dimension and leave most sample points infeasible (docs/attacks-optimisation.md)
+    return norm == "l1" and kind == "input" and solver != "shgo"
+
+
+def solver_settings(solver: str, nv: int, options: dict | None = None) -> dict:
+    """The settings (budget included) ``solver`` runs with on ``nv`` variables: boxhack's
+    defaults, overridden by ``options``. Every key here is passed to the solver.
+
+    - ``slsqp``: ``maxiter`` (SQP iterations, default 200);
+    - ``cobyla``: ``maxiter`` (= evaluations, default ``max(1000, 10 (nv + 1))``), ``rhobeg``
+      (default a quarter of the narrowest bound, set in the solve);
+    - ``shgo``: ``sampling_method`` with ``n`` (Sobol points) or ``iters`` (simplicial
+      refinements) by problem size (:func:`_shgo_sampling`), ``local_iter`` (local searches
+      from the best pool points, default 5), ``local_maxiter`` (SLSQP iterations of each,
+      default 100);
+    - ``de``: ``maxiter`` (generations, default 1000), ``popsize`` (15), ``tol`` (0.01).
+    """
+    opts = dict(options or {})
+    if solver == "slsqp":
+        base = {"maxiter": 200}
+    elif solver == "cobyla":
+        base = {"maxiter": max(1000, 10 * (nv + 1))}
+    elif solver == "shgo":
+        base = {} if "sampling_method" in opts else _shgo_sampling(nv)
+        base.update(local_iter=5, local_maxiter=100)
+    else:
+        base = {"maxiter": 1000, "popsize": 15, "tol": 0.01}
+    return {**base, **opts}
+
+
 def _bounds(p: Problem):
     from scipy.optimize import Bounds
 
@@ -649,9 +714,8 @@ def _solve_slsqp(p: Problem, opts: dict):
     if p.aux:
         a, lb = p.linear()
         cons.append({"type": "ineq", "fun": lambda v: a @ v - lb, "jac": lambda v: a})
-    options = {"maxiter": 200, **opts}
     return minimize(p.fun, p.v0, jac=p.fun_jac, bounds=_bounds(p), constraints=cons,
-                    method="SLSQP", options=options)  # fmt: skip
+                    method="SLSQP", options=dict(opts))  # fmt: skip
 
 
 def _solve_cobyla(p: Problem, opts: dict):
@@ -662,26 +726,23 @@ def _solve_cobyla(p: Problem, opts: dict):
         a, lb = p.linear()
         cons.append({"type": "ineq", "fun": lambda v: a @ v - lb})
     width = float(np.min(p.upper - p.lower))
-    options = {"rhobeg": 0.25 * width, "maxiter": max(1000, 10 * (p.nv + 1)), **opts}
+    options = {"rhobeg": 0.25 * width, **opts}
     return minimize(p.fun, p.v0, bounds=_bounds(p), constraints=cons, method="COBYLA",
                     options=options)  # fmt: skip
 
 
 def _shgo_sampling(nv: int) -> dict:
-    """SHGO's sampling by problem size (from a sweep on the XOR network, docs/reproduction.md).
+    """SHGO's sampling by problem size (from sweeps on the toy networks, docs/reproduction.md).
 
-    - up to 2 variables: 256 Sobol points (the default 2^dim + 1 = 5 simplicial vertices miss
-      the small feasible regions of Attack 1);
-    - 3-4 variables (L1 with auxiliary variables on the toys): simplicial, 4 refinements
-      (Sobol points rarely satisfy z >= |x - x0| and the attack constraint at once);
+    - up to 4 variables (the toys: SHGO uses no auxiliary L1 variables): 256 Sobol points
+      (SciPy's default of 2^dim + 1 = 5 simplicial vertices misses the small feasible regions
+      of Attack 1);
     - 5-10 variables: SciPy's default, simplicial with 1 iteration (2^dim + 1 vertices);
     - more: Sobol with SciPy's default count; its qhull triangulation does not finish beyond
-      ~10 dimensions, so such solves normally end at their time limit (or memory limit).
+      ~10 dimensions, so such solves normally end at their safety net (or memory limit).
     """
-    if nv <= 2:
-        return {"sampling_method": "sobol", "n": 256}
     if nv <= 4:
-        return {"sampling_method": "simplicial", "iters": 4}
+        return {"sampling_method": "sobol", "n": 256}
     if nv <= 10:
         return {"sampling_method": "simplicial", "iters": 1}
     return {"sampling_method": "sobol"}
@@ -700,20 +761,16 @@ def _solve_shgo(p: Problem, opts: dict):
         cons.append(lin)
         local_cons.append({**lin, "jac": lambda v: a})
     opts = dict(opts)
-    kwargs = {} if "sampling_method" in opts else dict(_shgo_sampling(p.nv))
-    for key in ("n", "iters", "sampling_method"):
-        if key in opts:
-            kwargs[key] = opts.pop(key)
+    kwargs = {key: opts.pop(key) for key in ("n", "iters", "sampling_method") if key in opts}
     minimizer = {
         "method": "SLSQP",
         "jac": p.fun_jac,
         "constraints": local_cons,
         "bounds": _bounds(p),
-        "options": {"maxiter": 100},
+        "options": {"maxiter": opts.pop("local_maxiter", 100)},
         **opts.pop("minimizer_kwargs", {}),
     }
-    options = {"local_iter": 5, **opts.pop("options", {})}
-    options.update(opts)
+    options = {**opts.pop("options", {}), **opts}
     bounds = list(zip(p.lower, p.upper))
     return shgo(p.fun, bounds, constraints=cons, minimizer_kwargs=minimizer, options=options,
                 **kwargs)  # fmt: skip
@@ -727,9 +784,6 @@ def _solve_de(p: Problem, opts: dict, seed):
         a, lb = p.linear()
         cons.append(LinearConstraint(a, lb, np.inf))
     kwargs = {
-        "maxiter": 1000,
-        "popsize": 15,
-        "tol": 0.01,
         "polish": False,
         "updating": "deferred",
         "vectorized": True,
@@ -740,39 +794,31 @@ def _solve_de(p: Problem, opts: dict, seed):
     return differential_evolution(p.fun_batch, _bounds(p), constraints=cons, **kwargs)
 
 
+_SOLVE = {"slsqp": _solve_slsqp, "cobyla": _solve_cobyla, "shgo": _solve_shgo}
+
+
 def solve_task(args: dict, ctx: TaskContext) -> dict:
     """Sandbox task: solve one problem; returns the best exactly-checked point and statistics."""
     torch.set_num_threads(1)
-    t0 = time.monotonic()
     p = Problem(args, ctx)
     solver = args["solver"]
     opts = dict(args.get("options") or {})
-    stopped_by = "solver"
-    message = ""
-    nit = 0
-    solver_x = None
+    stopped_by, message, nit, solver_x = "solver", "", 0, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             p.evaluate(p.v0, grad=False)  # the starting point is a candidate too
-            if solver == "slsqp":
-                res = _solve_slsqp(p, opts)
-            elif solver == "cobyla":
-                res = _solve_cobyla(p, opts)
-            elif solver == "shgo":
-                res = _solve_shgo(p, opts)
-            else:
+            if solver == "de":
                 res = _solve_de(p, opts, args.get("seed", 0))
+            else:
+                res = _SOLVE[solver](p, opts)
             message = str(getattr(res, "message", ""))
             nit = int(getattr(res, "nit", 0) or 0)
             if getattr(res, "x", None) is not None and np.size(res.x) == p.nv:
                 solver_x = p.space.to_input_np(np.asarray(res.x)[: p.k])[0]
         except _Stop as stop:
             stopped_by = stop.reason
-            message = {
-                "time-limit": "stopped at the time limit",
-                "eval-limit": f"stopped after {p.max_evals} evaluations (max_evals)",
-            }[stop.reason]
+            message = f"stopped after {p.nfev} evaluations (budget max_evals={p.max_evals})"
     chosen = p.choose([solver_x, p.best.x])
     if chosen is None:
         fallback = solver_x if solver_x is not None else p.best.x
@@ -786,5 +832,4 @@ def solve_task(args: dict, ctx: TaskContext) -> dict:
         "message": message,
         "stopped_by": stopped_by,
         "found": chosen is not None,
-        "solve_s": time.monotonic() - t0,
     }

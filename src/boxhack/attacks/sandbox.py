@@ -9,14 +9,18 @@ that
 - lowers its own address-space limit (``RLIMIT_AS``) to its current size plus the task's
   ``memory_limit_mb`` while the task runs, so a runaway allocation fails inside the task
   (``MemoryError``, a torch or qhull allocation error) and is reported as ``"out-of-memory"``;
-- gives the task a context with the cooperative ``deadline`` and a ``report(value)`` function
-  that streams the best result so far to the parent.
+- gives the task a context with ``report(value)``, which streams the best result so far to
+  the parent, and ``count(n)``, which stores a running count (e.g. of function evaluations) in a
+  small shared memory page that the parent can read even after the worker was killed.
 
-The parent enforces the wall-clock limit for real: when a task has not answered
-``time_limit + grace`` seconds after it started, the worker is killed (SIGKILL) and the outcome
-is ``"timeout"``, carrying the last reported value. A worker that dies (killed by the kernel's
-out-of-memory killer, crashed) gives ``"out-of-memory"`` or ``"error"``; the next task gets a
-fresh worker. Workers are reused between tasks and stopped at exit; they die with their parent
+Tasks end by their own budgets (evaluations, iterations): the sandbox gives them no deadline,
+so what they return does not depend on the machine's load. The wall-clock limit is only a
+safety net against a task stuck in C code: when a task has not answered ``time_limit`` seconds
+after it *really started* in the worker (worker start-up, imports and the transfer of its
+arguments are outside the limit), the worker is killed (SIGKILL) and the outcome is
+``"timeout"``, carrying the last reported value and the count. Choose the limit far above the
+task's normal run time. A worker that dies (killed by the kernel's out-of-memory killer,
+crashed) gives ``"out-of-memory"`` or ``"error"``; the next task gets a fresh worker. Workers are reused between tasks and stopped at exit; they die with their parent
 (``PR_SET_PDEATHSIG`` on Linux) and ignore Ctrl-C (the parent handles it and kills them).
 
 How workers start (``method``): on Linux a *zygote* (``python -m boxhack.attacks.sandbox
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import mmap
 import os
 import pickle
 import signal
@@ -38,6 +43,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import deque
@@ -56,28 +62,21 @@ STATUSES = ("ok", "timeout", "out-of-memory", "error")
 STARTUP_TIMEOUT = 300.0  # seconds a fresh child may take to import its modules
 _STOP_WAIT = 2.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def default_grace(time_limit: float) -> float:
-    """Seconds after ``time_limit`` before the parent kills a task that did not stop itself."""
-    return max(0.5, 0.1 * time_limit)
+_COUNT = struct.Struct("<q")
 
 
 @dataclass
 class Task:
-    """One unit of work: ``fn(args, ctx)``, with ``fn`` given as ``"module:qualname"``."""
+    """One unit of work: ``fn(args, ctx)``, with ``fn`` given as ``"module:qualname"``.
+
+    ``time_limit``: the safety net, in seconds from the moment the task starts in its worker
+    (``None``: none); ``memory_limit_mb``: extra address space the task may take.
+    """
 
     fn: str
     args: Any
     time_limit: float | None = None
     memory_limit_mb: float | None = None
-    grace: float | None = None
-
-    def kill_after(self) -> float | None:
-        if self.time_limit is None:
-            return None
-        grace = default_grace(self.time_limit) if self.grace is None else self.grace
-        return self.time_limit + grace
 
 
 @dataclass
@@ -91,18 +90,62 @@ class Outcome:
     message: str = ""
     wall_s: float = 0.0
     worker: int | None = None
+    count: int = 0  # the task's last ``ctx.count(n)``, read back also after a kill
 
 
 @dataclass
 class TaskContext:
-    """What a task function receives besides its arguments (in the child process)."""
+    """What a task function receives besides its arguments (in the child process).
 
-    deadline: float | None  # time.monotonic() value to stop at (cooperatively); None = none
+    ``report(value)`` streams a value to the parent (the latest one is kept, whatever the
+    outcome); ``count(n)`` stores a running count where the parent can read it even after
+    killing the worker (a few nanoseconds: call it as often as you like).
+    """
+
     report: Callable[[Any], None] = field(default=lambda value: None)
+    count: Callable[[int], None] = field(default=lambda n: None)
     started: float = field(default_factory=time.monotonic)
 
-    def time_left(self) -> float:
-        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+class _Counter:
+    """An 8-byte count in a shared memory page (an unlinked file, inherited by the worker)."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        if fd is None:
+            fd = _anonymous_file()
+            os.ftruncate(fd, mmap.PAGESIZE)
+        self.fd = fd
+        self.map = mmap.mmap(fd, mmap.PAGESIZE)
+
+    def set(self, n: int) -> None:
+        _COUNT.pack_into(self.map, 0, int(n))
+
+    def get(self) -> int:
+        try:
+            return int(_COUNT.unpack_from(self.map, 0)[0])
+        except ValueError:  # closed
+            return 0
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except (BufferError, ValueError):
+            pass
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _anonymous_file() -> int:
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("boxhack-count")
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="boxhack-count-")
+    os.unlink(path)
+    return fd
 
 
 def resolve(fn: str) -> Callable:
@@ -199,12 +242,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _serve(raw_in: Connection, raw_out: Connection, preload: Sequence[str] = ()) -> int:
+def _serve(raw_in: Connection, raw_out: Connection, counter_fd: int,
+           preload: Sequence[str] = ()) -> int:  # fmt: skip
     """The worker's loop: run tasks until told to stop or the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     for var in _THREAD_VARS:
         os.environ[var] = "1"
     conn_in, conn_out = _Pipe(raw_in), _Pipe(raw_out)
+    counter = _Counter(counter_fd)
     for module in preload:
         importlib.import_module(module)
     torch = sys.modules.get("torch")
@@ -218,10 +263,9 @@ def _serve(raw_in: Connection, raw_out: Connection, preload: Sequence[str] = ())
             return 0
         if msg[0] == "stop":
             return 0
-        _, tid, fn_name, args, limit_bytes, time_limit = msg
+        _, tid, fn_name, args, limit_bytes = msg
         start = time.monotonic()
         conn_out.send(("started", tid))
-        deadline = None if time_limit is None else start + float(time_limit)
 
         def report(value, _tid=tid):
             conn_out.send(("progress", _tid, value))
@@ -229,7 +273,7 @@ def _serve(raw_in: Connection, raw_out: Connection, preload: Sequence[str] = ())
         undo = _set_memory_limit(limit_bytes)
         try:
             fn = resolve(fn_name)
-            value = fn(args, TaskContext(deadline=deadline, report=report, started=start))
+            value = fn(args, TaskContext(report=report, count=counter.set, started=start))
             undo()
             reply = ("done", tid, value, time.monotonic() - start)
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, never raised
@@ -248,20 +292,22 @@ def _serve(raw_in: Connection, raw_out: Connection, preload: Sequence[str] = ())
 
 
 def _worker_main(argv: Sequence[str]) -> int:
-    """``worker READ_FD WRITE_FD PARENT_PID [MODULE...]``: one worker as a plain subprocess."""
-    rfd, wfd, parent = int(argv[0]), int(argv[1]), int(argv[2])
+    """``worker READ_FD WRITE_FD COUNTER_FD PARENT_PID [MODULE...]``: one worker as a plain
+    subprocess."""
+    rfd, wfd, cfd, parent = (int(a) for a in argv[:4])
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl took effect
         return 0
-    return _serve(Connection(rfd, writable=False), Connection(wfd, readable=False), argv[3:])
+    return _serve(Connection(rfd, writable=False), Connection(wfd, readable=False), cfd,
+                  argv[4:])  # fmt: skip
 
 
 def _zygote_main(argv: Sequence[str]) -> int:
     """``zygote SOCKET_FD PARENT_PID [MODULE...]``: import the modules once, then fork a
     worker for each request.
 
-    Requests on the (SOCK_SEQPACKET) socket: ``b"F"`` with two file descriptors (the new
-    worker's read and write pipe ends) -> ``b"P" + pid``; ``b"W" + pid`` -> wait for that
+    Requests on the (SOCK_SEQPACKET) socket: ``b"F"`` with three file descriptors (the new
+    worker's read and write pipe ends and its counter page) -> ``b"P" + pid``; ``b"W" + pid`` -> wait for that
     worker to exit -> ``b"X" + exit code`` (negative: killed by that signal). The zygote exits
     when the socket closes (its parent is gone).
     """
@@ -276,12 +322,12 @@ def _zygote_main(argv: Sequence[str]) -> int:
     sock.sendall(b"R")
     while True:
         try:
-            msg, fds, _, _ = socket.recv_fds(sock, 64, 2)
+            msg, fds, _, _ = socket.recv_fds(sock, 64, 3)
         except OSError:
             return 0
         if not msg:
             return 0
-        if msg[:1] == b"F" and len(fds) == 2:
+        if msg[:1] == b"F" and len(fds) == 3:
             pid = os.fork()
             if pid == 0:  # the worker
                 code = 1
@@ -289,7 +335,7 @@ def _zygote_main(argv: Sequence[str]) -> int:
                     sock.close()
                     _die_with_parent()
                     code = _serve(Connection(fds[0], writable=False),
-                                  Connection(fds[1], readable=False))  # fmt: skip
+                                  Connection(fds[1], readable=False), fds[2])  # fmt: skip
                 finally:
                     os._exit(code)
             for fd in fds:
@@ -353,8 +399,8 @@ class _Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def fork(self, r_fd: int, w_fd: int) -> int:
-        socket.send_fds(self.sock, [b"F"], [r_fd, w_fd])
+    def fork(self, r_fd: int, w_fd: int, counter_fd: int) -> int:
+        socket.send_fds(self.sock, [b"F"], [r_fd, w_fd, counter_fd])
         reply = self.sock.recv(16)
         if reply[:1] != b"P":
             raise OSError("the sandbox zygote did not fork a worker")
@@ -452,20 +498,24 @@ class _Worker:
 
     def __init__(self, preload: Sequence[str], index: int, zygote: _Zygote | None) -> None:
         self.index = index
+        self.counter = _Counter()
         r_child, w_parent = os.pipe()  # parent -> child
         r_parent, w_child = os.pipe()  # child -> parent
+        c_fd = self.counter.fd
         try:
             if zygote is not None:
-                self.proc = _ZygoteChild(zygote, zygote.fork(r_child, w_child))
+                self.proc = _ZygoteChild(zygote, zygote.fork(r_child, w_child, c_fd))
             else:
                 cmd = [sys.executable, "-m", "boxhack.attacks.sandbox", "worker", str(r_child),
-                       str(w_child), str(os.getpid()), *preload]  # fmt: skip
+                       str(w_child), str(c_fd), str(os.getpid()), *preload]  # fmt: skip
                 self.proc = _Popen(subprocess.Popen(
-                    cmd, pass_fds=(r_child, w_child), env=_child_env(), stdin=subprocess.DEVNULL,
+                    cmd, pass_fds=(r_child, w_child, c_fd), env=_child_env(),
+                    stdin=subprocess.DEVNULL,
                 ))  # fmt: skip
         except BaseException:
             for fd in (w_parent, r_parent):
                 os.close(fd)
+            self.counter.close()
             raise
         finally:
             os.close(r_child)
@@ -489,8 +539,9 @@ class _Worker:
         self.job, self.task, self.sent, self.started, self.progress = (
             index, task, time.monotonic(), None, None,
         )  # fmt: skip
+        self.counter.set(0)
         limit = None if task.memory_limit_mb is None else int(task.memory_limit_mb * 2**20)
-        self.to_child.send(("task", index, task.fn, task.args, limit, task.time_limit))
+        self.to_child.send(("task", index, task.fn, task.args, limit))
 
     def clear(self) -> None:
         self.job = self.task = self.started = self.sent = self.progress = None
@@ -594,12 +645,14 @@ class SandboxPool:
             worker.kill()
         else:
             worker.close_pipes()
+        worker.counter.close()
         if worker in self._workers:
             self._workers.remove(worker)
 
     def close(self) -> None:
         for worker in list(self._workers):
             worker.stop()
+            worker.counter.close()
         self._workers.clear()
         if self._zygote is not None:
             self._zygote.close()
@@ -627,6 +680,7 @@ class SandboxPool:
         def finish(worker: _Worker, outcome: Outcome) -> None:
             assert worker.job is not None
             outcome.worker = worker.index
+            outcome.count = worker.counter.get()
             if outcome.progress is None:
                 outcome.progress = worker.progress
             outcomes[worker.job] = outcome
@@ -666,8 +720,8 @@ class SandboxPool:
                 for w in busy:
                     if not w.ready:
                         deadlines.append(w.spawned + STARTUP_TIMEOUT)
-                    elif w.started is not None and w.task.kill_after() is not None:
-                        deadlines.append(w.started + w.task.kill_after())
+                    elif w.started is not None and w.task.time_limit is not None:
+                        deadlines.append(w.started + w.task.time_limit)
                 timeout = max(0.0, min(deadlines) - now) if deadlines else None
                 readable = wait([w.from_child.conn for w in busy], timeout=timeout)
                 for w in busy:
@@ -683,15 +737,15 @@ class SandboxPool:
                     if (
                         w.job is not None
                         and w.started is not None
-                        and w.task.kill_after() is not None
-                        and now > w.started + w.task.kill_after()
+                        and w.task.time_limit is not None
+                        and now > w.started + w.task.time_limit
                     ):
                         limit = w.task.time_limit
                         w.kill()
                         finish(w, Outcome(
                             "timeout",
-                            message=f"stopped after the {limit:g} s time limit (the solver did not "
-                                    f"return by itself; its process was killed)",
+                            message=f"killed by the {limit:g} s safety net (the task did not "
+                                    f"return by itself)",
                             wall_s=elapsed(w),
                         ))  # fmt: skip
                         self._discard(w, kill=False)
@@ -774,11 +828,10 @@ def run_task(
     *,
     time_limit: float | None = None,
     memory_limit_mb: float | None = None,
-    grace: float | None = None,
     preload: Sequence[str] = (),
 ) -> Outcome:
     """Run one task in this process's shared sandbox; see :class:`SandboxPool`."""
-    task = Task(fn, args, time_limit, memory_limit_mb, grace)
+    task = Task(fn, args, time_limit, memory_limit_mb)
     return shared_pool(1, preload).run([task])[0]
 
 
@@ -787,13 +840,16 @@ def run_task(
 
 
 def sleep_task(args, ctx: TaskContext):
-    """Sleep ``args`` seconds without ever checking the deadline (a solver stuck in C code)."""
+    """Sleep ``args`` seconds (a solver stuck in C code)."""
     time.sleep(float(args))
     return "slept"
 
 
 def report_then_sleep_task(args, ctx: TaskContext):
-    """Report ``args["report"]``, then sleep ``args["sleep"]`` seconds ignoring the deadline."""
+    """Count to ``args["count"]`` (default 0) and report ``args["report"]``, then sleep
+    ``args["sleep"]`` seconds (work done, then stuck in C code)."""
+    for i in range(1, int(args.get("count", 0)) + 1):
+        ctx.count(i)
     ctx.report(args["report"])
     time.sleep(float(args["sleep"]))
     return "slept"

@@ -51,11 +51,17 @@ def register(asub) -> None:
     sel.add_argument("--n", type=int, default=None,
                      help="attack the first N test inputs the attack can start from "
                           "(accepted ones for attack 1, rejected ones for attack 2)")
-    p.add_argument("--time-limit", type=float, default=60.0,
-                   help="seconds per solve (default 60); the solve's process is killed shortly after")
+    p.add_argument("--maxiter", type=int, default=None,
+                   help="budget: solver iterations (SLSQP), evaluations (COBYLA) or generations "
+                        "(DE); default: the solver's setting in boxhack.attacks.optimisation."
+                        "solver_settings")
+    p.add_argument("--max-evals", type=int, default=None,
+                   help="budget: points evaluated per solve (default: no cap beyond the solver's)")
+    p.add_argument("--time-limit", type=float, default=600.0,
+                   help="safety net: kill a solve still running this many seconds after it "
+                        "started (default 600; outcome 'timeout'); results come from the budgets")
     p.add_argument("--memory-limit", type=float, default=4096,
                    help="MiB of extra memory a solve may use (default 4096)")
-    p.add_argument("--max-evals", type=int, default=None, help="cap on evaluations per solve")
     p.add_argument("--jobs", type=int, default=1, help="solves in parallel (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (differential evolution)")
     p.add_argument("--out", default=None, help="write the result (per-sample rows) to this JSON file")
@@ -113,12 +119,15 @@ def _handler(args) -> int:
     dataset = _dataset(info, args.model)
     idx = _select(model, monitor, dataset, goal, args.index, args.n)
     kind = args.space.split(":")[0].strip().lower()
+    if args.maxiter is not None and args.maxiter < 1:
+        raise BoxhackError(f"--maxiter must be at least 1, got {args.maxiter}")
     result = optimise_attack(
         model, monitor, dataset.x_test[idx], goal=goal, norm=args.norm, solver=args.solver,
         encoding=args.encoding, space=args.space, time_limit=args.time_limit,
         memory_limit_mb=args.memory_limit, max_evals=args.max_evals, n_jobs=args.jobs,
         train_inputs=dataset.x_train if kind == "pca" else None, seed=args.seed,
         input_shape=dataset.input_shape,
+        solver_options=None if args.maxiter is None else {"maxiter": args.maxiter},
     )  # fmt: skip
     rows = []
     for i, row in enumerate(result.rows()):
@@ -128,7 +137,8 @@ def _handler(args) -> int:
             "nfev": result.info["nfev"][i], "message": result.info["message"][i],
         })  # fmt: skip
     settings = {k: result.info[k] for k in ("goal", "solver", "norm", "encoding", "space",
-                                            "time_limit", "memory_limit_mb", "max_evals")}
+                                            "time_limit", "memory_limit_mb", "max_evals",
+                                            "budget")}
     doc = {"settings": settings, "success_rate": result.success_rate, "rows": rows,
            "x0": result.x0.tolist(), "x": result.x.tolist()}  # fmt: skip
     if args.out:

@@ -1,7 +1,9 @@
 """Figures of the solver experiment (paper figures 5, 6 and 7), drawn from JSONL rows only.
 
 Every function takes already-loaded rows (dicts as ``boxhack.experiments.solvers.run_job``
-returns them) and writes one PNG with matplotlib's object API (no pyplot, no window).
+returns them) and writes one PNG with matplotlib's object API (no pyplot, no window). Inputs
+come from each row's exact attack record (``row["attacks"][0]``), layer features from the
+row's exactly stored ``feat0`` / ``feat``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def plot_success_bars(counts, config: dict, path) -> Path:
             for k, s in enumerate(solvers):
                 rates = []
                 for goal, norm in PROBLEMS:
-                    succ, total = counts.get((net, goal, norm, s, enc), (0, 0))
+                    succ, total = counts.get((net, goal, norm, s, enc), (0, 0, 0))[:2]
                     rates.append(100.0 * succ / total if total else 0.0)
                 ax.bar(xs + (k - (len(solvers) - 1) / 2) * width, rates, width,
                        color=SOLVER_COLORS.get(s), label=s.upper())  # fmt: skip
@@ -66,6 +68,21 @@ def plot_success_bars(counts, config: dict, path) -> Path:
     fig.suptitle(f"Optimisation attacks: success over {config['n_samples']} starting points",
                  fontsize=10)  # fmt: skip
     return _save(fig, path)
+
+
+def _array(value) -> np.ndarray:
+    """A stored array: exact (``encode_array``) or a plain list (older rows)."""
+    from boxhack.infra.arrays import decode_array, is_encoded_array
+
+    if is_encoded_array(value):
+        return decode_array(value)
+    return np.asarray(value, dtype=np.float64)
+
+
+def inputs_of(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(x0, x)`` of a solver row, from its attack record (one sample)."""
+    record = row["attacks"][0]
+    return _array(record["x0"])[0], _array(record["x"])[0]
 
 
 def _image(values, shape) -> np.ndarray:
@@ -85,11 +102,12 @@ def plot_digits(rows: list[dict], path, *, title: str = "") -> Path:
     axes = fig.subplots(2, max(n, 1), squeeze=False)
     for j, r in enumerate(rows):
         shape = r.get("input_shape", [28, 28])
-        for i, (key, pred, acc) in enumerate(
-            (("x0", r["pred0"], r["accepted0"]), ("x", r["pred"], r["accepted"]))
+        x0, x = inputs_of(r)
+        for i, (img, pred, acc) in enumerate(
+            ((x0, r["pred0"], r["accepted0"]), (x, r["pred"], r["accepted"]))
         ):
             ax = axes[i][j]
-            ax.imshow(_image(r[key], shape), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(_image(img, shape), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             label = _verdict(pred, acc)
@@ -123,7 +141,7 @@ def plot_solver_gallery(rows: list[dict], path) -> Path | None:
         first = next(iter(rs.values()))
         shape = first.get("input_shape", [28, 28])
         ax = axes[i][0]
-        ax.imshow(_image(first["x0"], shape), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(_image(inputs_of(first)[0], shape), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"x0 ({'Attack 1' if goal == 'dos' else 'Attack 2'})\n"
                      f"{_verdict(first['pred0'], first['accepted0'])}", fontsize=6)  # fmt: skip
         for j, s in enumerate(solvers, start=1):
@@ -132,7 +150,7 @@ def plot_solver_gallery(rows: list[dict], path) -> Path | None:
             if r is None:
                 ax.set_visible(False)
                 continue
-            ax.imshow(_image(r["x"], shape), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(_image(inputs_of(r)[1], shape), cmap="gray", vmin=0, vmax=1)
             status = f"L2 {r['l2']:.2f}" if r["success"] else r["outcome"]
             ax.set_title(f"{s.upper()}: {status}\n{_verdict(r['pred'], r['accepted'])}", fontsize=6)
         for ax in axes[i]:
@@ -143,13 +161,22 @@ def plot_solver_gallery(rows: list[dict], path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_projections(rows: list[dict], config: dict, path, *, solver: str = "shgo",
+def _monitor_of(row: dict, run_dir):
+    """The monitor a row's attack was checked against (its record's file), or None."""
+    from boxhack.attacks.records import resolve_ref
+    from boxhack.monitor import BoxMonitor
+
+    try:
+        return BoxMonitor.load(resolve_ref(row["attacks"][0]["monitor"], run_dir))
+    except Exception:  # noqa: BLE001 - draw without boxes if the file is gone
+        return None
+
+
+def plot_projections(rows: list[dict], config: dict, path, *, run_dir=None, solver: str = "shgo",
                      norm: str = "l1", encoding: str = "margin") -> Path | None:  # fmt: skip
     """Figure 7: per network, the monitored layer projected to 2-D with the boxes, and the
     successful attacks of ``solver``/``norm`` as arrows before -> after (Attack 1 top row,
-    Attack 2 bottom row)."""
-    from boxhack.experiments.zoo import monitor_path
-    from boxhack.monitor import BoxMonitor
+    Attack 2 bottom row). ``run_dir``: where the rows' monitor references are relative to."""
     from boxhack.report.projection import plot_projection
 
     nets = [n for n in config["networks"]
@@ -175,13 +202,9 @@ def plot_projections(rows: list[dict], config: dict, path, *, solver: str = "shg
                 continue
             layer = rs[0].get("layer")
             if monitor is None:
-                try:
-                    mpath = monitor_path(config["models_root"], net, 1, 0.0, layer)
-                    monitor = BoxMonitor.load(mpath)
-                except Exception:  # noqa: BLE001 - draw without boxes if the cache is gone
-                    monitor = None
-            feats = np.array([r["feat"] for r in rs])
-            before = np.array([r["feat0"] for r in rs])
+                monitor = _monitor_of(rs[0], run_dir)
+            feats = np.array([_array(r["feat"]).reshape(-1) for r in rs])
+            before = np.array([_array(r["feat0"]).reshape(-1) for r in rs])
             plot_projection(
                 feats, [r["pred"] for r in rs], [r["accepted"] for r in rs], monitor, layer,
                 ax=ax, before=before,

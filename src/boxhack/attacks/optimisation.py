@@ -599,22 +599,29 @@ class Problem:
     def cons_jac(self, v) -> np.ndarray:
         return self._at(v, grad=True)[3]
 
+    def _batch(self, vb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Objective and constraint values of the points ``vb`` (B, nv); points of the
+        previous batch are not evaluated again (DE asks for the constraints of a population,
+        then for the objective of its feasible members)."""
+        keys = [row.tobytes() for row in vb]
+        cache = getattr(self, "_batch_cache", {})
+        missing = [i for i, k in enumerate(keys) if k not in cache]
+        if missing:
+            f, g, _, _ = self.evaluate(vb[missing], grad=False)
+            cache = {**cache, **{keys[i]: (f[j], g[j]) for j, i in enumerate(missing)}}
+        self._batch_cache = {k: cache[k] for k in keys}
+        f = np.array([cache[k][0] for k in keys], dtype=np.float64)
+        g = np.stack([cache[k][1] for k in keys])
+        return f, g
+
     def fun_batch(self, vt: np.ndarray) -> np.ndarray:
-        """DE's vectorised objective: ``(nv, S) -> (S,)``; caches the constraints."""
-        vb = np.asarray(vt, dtype=np.float64).T
-        f, g, _, _ = self.evaluate(vb, grad=False)
-        self._batch_key = vb.tobytes()
-        self._batch_g = g
-        return f
+        """DE's vectorised objective: ``(nv, S) -> (S,)``."""
+        return self._batch(np.asarray(vt, dtype=np.float64).T)[0]
 
     def cons_batch(self, vt: np.ndarray) -> np.ndarray:
-        """DE's vectorised constraints: ``(nv, S) -> (m, S)`` (reuses the objective's pass)."""
+        """DE's vectorised constraints: ``(nv, S) -> (m, S)`` (``(nv,) -> (m,)``)."""
         arr = np.asarray(vt, dtype=np.float64)
-        vb = np.atleast_2d(arr.T)
-        if getattr(self, "_batch_key", None) == vb.tobytes():
-            g = self._batch_g
-        else:
-            _, g, _, _ = self.evaluate(vb, grad=False)
+        g = self._batch(np.atleast_2d(arr.T))[1]
         return g[0] if arr.ndim == 1 else g.T
 
     def linear(self):

@@ -81,10 +81,14 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # finite-difference gradient with the indicator encoding)
     "mnist-slsqp-l2": {"max_evals": 2_000, "solver_options": {"maxiter": 3}},
     # raw MNIST pixels, L1 with 1,568 auxiliary-variable SLSQP variables: one iteration
-    # (~11 s of CPU) is the smallest budget that does anything, so fewer starting points
+    # (~12 s of CPU) is the smallest budget that does anything, so fewer starting points
     "mnist-slsqp-l1": {"max_evals": 4_000, "solver_options": {"maxiter": 1}, "max_samples": 2},
-    # COBYLA on raw pixels: 100 evaluations (its first model alone needs n + 1 = 785 or 1,569)
-    "mnist-cobyla": {"max_evals": 100, "solver_options": {}},
+    # the same with indicators: the finite-difference gradient alone takes 1,569 evaluations
+    # and the first step ~70 s of CPU; the budget stops it inside that gradient
+    "mnist-slsqp-l1-indicator": {"max_evals": 1_000, "solver_options": {"maxiter": 1},
+                                 "max_samples": 2},
+    # COBYLA on raw pixels: 60 evaluations (its first model alone needs n + 1 = 785 or 1,569)
+    "mnist-cobyla": {"max_evals": 60, "solver_options": {}},
     # pca:8: SHGO's default sampling for 8 variables (257 simplicial vertices), 5 local SLSQP
     "mnist-shgo": {"max_evals": 20_000, "solver_options": {}},
     # pca:8: DE generations of 15 x 8 = 120 points
@@ -92,18 +96,20 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # figure 6: SHGO L1 in pca:8 on the 10-class network
     "fig6": {"max_evals": 20_000, "solver_options": {}},
 }
-QUICK_BUDGETS: dict[str, dict[str, Any]] = {"mnist-slsqp-l1": {"max_samples": 1}}
+QUICK_BUDGETS: dict[str, dict[str, Any]] = {"mnist-slsqp-l1": {"max_samples": 1},
+                                             "mnist-slsqp-l1-indicator": {"max_samples": 1}}
 
 # Safety nets per class (seconds of wall clock from the solve's real start): at least 20 x the
 # longest normal solve measured for the class on a quiet machine (docs/reproduction.md).
 SAFETY_NET_S: dict[str, float] = {
     "toy": 60.0,
-    "mnist-slsqp-l2": 120.0,
+    "mnist-slsqp-l2": 60.0,
     "mnist-slsqp-l1": 600.0,
-    "mnist-cobyla": 120.0,
+    "mnist-slsqp-l1-indicator": 120.0,
+    "mnist-cobyla": 60.0,
     "mnist-shgo": 300.0,
-    "mnist-de": 300.0,
-    "fig6": 300.0,
+    "mnist-de": 120.0,
+    "fig6": 120.0,
 }
 _BUDGET_KEYS = ("max_evals", "solver_options", "max_samples")
 
@@ -189,14 +195,16 @@ def _x0_of(ref, dataset) -> tuple[np.ndarray, int | None]:
     raise BoxhackError(f"unknown starting-point reference {ref!r}")
 
 
-def budget_class(network: str, solver: str, norm: str, part: str = "grid") -> str:
+def budget_class(network: str, solver: str, norm: str, encoding: str = "margin",
+                 part: str = "grid") -> str:  # fmt: skip
     """The problem class whose budget a solve gets (a key of :data:`BUDGETS`)."""
     if part == "fig6":
         return "fig6"
     if network in TOYS:
         return "toy"
     if solver == "slsqp":
-        return f"mnist-slsqp-{norm}"
+        return f"mnist-slsqp-{norm}" + ("-indicator" if norm == "l1" and encoding == "indicator"
+                                        else "")  # fmt: skip
     return f"mnist-{solver}"
 
 
@@ -243,7 +251,7 @@ def _job(config: dict, refs: dict, part: str, network: str, goal: str, norm: str
          encoding: str, space: str, s: int, ref) -> Any:  # fmt: skip
     from boxhack.experiments.campaign import Job
 
-    cls = budget_class(network, solver, norm, part)
+    cls = budget_class(network, solver, norm, encoding, part)
     budget = config["budgets"][cls]
     prefix = f"{NAME}/fig6" if part == "fig6" else NAME
     key = f"{prefix}/{network}/{goal}/{norm}/{solver}/{encoding}/{space}/{_budget_tag(cls, budget)}/{s}"
@@ -264,9 +272,9 @@ def build_jobs(config: dict, pools: dict, refs: dict) -> list:
     for network in config["networks"]:
         for goal, norm in PROBLEMS:
             for solver in config["solvers"]:
-                budget = config["budgets"][budget_class(network, solver, norm)]
-                n = min(len(pools[network][goal]), budget.get("max_samples") or 10**9)
                 for encoding in config["encodings"]:
+                    budget = config["budgets"][budget_class(network, solver, norm, encoding)]
+                    n = min(len(pools[network][goal]), budget.get("max_samples") or 10**9)
                     for s, ref in enumerate(pools[network][goal][:n]):
                         jobs.append(_job(config, refs, "grid", network, goal, norm, solver,
                                          encoding, _space(network, solver), s, ref))  # fmt: skip

@@ -116,6 +116,22 @@ def test_each_solver_finds_the_known_answer_on_xor(xor, cases, solver):
             assert r.info["nfev"][0] > 0 and r.info["wall_s"][0] > 0
 
 
+def test_de_ends_normally_from_every_starting_point(xor):
+    """DE asks for the objective of a population's feasible members only, which can be none
+    at all: every solve must still end normally (it once crashed with 'map-like callable')."""
+    from boxhack.experiments.solvers import _x0_of, starting_points
+
+    model, monitor, dataset, root = xor
+    pools = starting_points("xor", root, 4, seed=0)
+    for goal in ("dos", "intrude"):
+        x0 = np.stack([_x0_of(ref, dataset)[0] for ref in pools[goal]])
+        for norm in NORMS:
+            r = optimise_attack(model, monitor, x0, goal=goal, norm=norm, solver="de",
+                                time_limit=NET, n_jobs=2)  # fmt: skip
+            assert set(r.info["outcome"]) <= {"success", "failed"}, r.info["message"]
+            assert r.success.sum() >= 3
+
+
 def test_indicator_encoding_runs_and_gives_slsqp_no_gradient(xor, cases):
     """The paper-literal 0/1 constraints: piecewise constant, so SLSQP sees zero gradients and
     stops at once, while derivative-free DE still succeeds on the same case."""

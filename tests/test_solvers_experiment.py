@@ -58,7 +58,8 @@ def test_quick_run_writes_rows_summary_and_figures(small_run):
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["error"]]
     grid = [r["result"] for r in rows if r["result"]["part"] == "grid"]
     for r in grid:
-        assert r["outcome"] in ("success", "failed", "timeout", "out-of-memory", "error")
+        # every solve ended by itself or by its budget: no crash, no safety-net kill
+        assert r["outcome"] in ("success", "failed"), (r["solver"], r["message"])
         assert r["success"] == (r["outcome"] == "success")
         assert r["nfev"] > 0
         # the budget that decided the solve is in the row, as configured for its class

@@ -603,6 +603,8 @@ class Problem:
         """Objective and constraint values of the points ``vb`` (B, nv); points of the
         previous batch are not evaluated again (DE asks for the constraints of a population,
         then for the objective of its feasible members)."""
+        if len(vb) == 0:  # DE asks for the objective of no feasible member at all
+            return np.zeros(0), np.zeros((0, self.m))
         keys = [row.tobytes() for row in vb]
         cache = getattr(self, "_batch_cache", {})
         missing = [i for i, k in enumerate(keys) if k not in cache]
@@ -615,8 +617,10 @@ class Problem:
         return f, g
 
     def fun_batch(self, vt: np.ndarray) -> np.ndarray:
-        """DE's vectorised objective: ``(nv, S) -> (S,)``."""
-        return self._batch(np.asarray(vt, dtype=np.float64).T)[0]
+        """DE's vectorised objective: ``(nv, S) -> (S,)`` (``(nv,) -> scalar``)."""
+        arr = np.asarray(vt, dtype=np.float64)
+        f = self._batch(np.atleast_2d(arr.T))[0]
+        return f[0] if arr.ndim == 1 else f
 
     def cons_batch(self, vt: np.ndarray) -> np.ndarray:
         """DE's vectorised constraints: ``(nv, S) -> (m, S)`` (``(nv,) -> (m,)``)."""

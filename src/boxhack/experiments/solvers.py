@@ -892,8 +892,8 @@ def _claim_indicator(counts, grid, config) -> dict:
 def _claims_global(counts, grid, config, mnist, glob) -> list[dict]:
     encs = config["encodings"]
     rates = {s: _rate(counts, mnist, PROBLEMS, s, encs[0]) for s in glob}
-    note = (f"Both global solvers search an {config['mnist_global_space']} subspace around x0 "
-            f"(SHGO cannot triangulate the raw 784 pixels). {compare_rates(rates)}").strip()
+    note = (f"Both global solvers search the {config['mnist_global_space']} subspace around "
+            f"x0 (SHGO cannot triangulate the raw 784 pixels). {compare_rates(rates)}").strip()
     if "indicator" in encs:
         ind = {s: _rate(counts, mnist, PROBLEMS, s, "indicator") for s in glob}
         if all(st[0] > 0 for st in ind.values()):
@@ -922,7 +922,7 @@ def _claims_global(counts, grid, config, mnist, glob) -> list[dict]:
             "measured": f"successful MNIST attacks ({encs[0]}), median L2 / Linf: "
                         + ", ".join(f"{s.upper()} {_fmt(m[0])} / {_fmt(m[1])}"
                                     for s, m in med.items()),
-            "note": f"In an {config['mnist_global_space']} subspace every point is x0 plus a "
+            "note": f"In the {config['mnist_global_space']} subspace every point is x0 plus a "
                     f"smooth combination of principal components, so neither solver can "
                     f"produce pixel noise here{closer}. This grid does not run DE on the raw "
                     f"pixels, where the paper saw the noise.",
@@ -935,7 +935,11 @@ def _claim_fig6(rows: list[dict], config: dict) -> dict:
     att = [r for r in rows if r.get("eligible", True)]
     succ = [r for r in att if r["success"]]
     l2 = [r["l2"] for r in succ]
-    span = f", L2 {min(l2):.2f}-{max(l2):.2f} (median {_median(l2):.2f})" if l2 else ""
+    span = ""
+    if len(l2) == 1:
+        span = f", L2 {l2[0]:.2f}"
+    elif l2:
+        span = f", L2 {min(l2):.2f}-{max(l2):.2f} (median {_median(l2):.2f})"
     return {
         "claim": "Figure 6: SHGO Attack 1 images on the 10-class network still look like the "
                  "digit, now rejected.",

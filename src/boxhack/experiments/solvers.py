@@ -946,8 +946,10 @@ def _claim_fig6(rows: list[dict], config: dict) -> dict:
         "measured": f"{f6['network']}, {f6['solver'].upper()} {f6['norm'].upper()} in "
                     f"{f6['space']}: {len(succ)}/{len(att)} digits rejected with the same "
                     f"prediction{span}",
-        "note": "" if f6["network"] == FIG6_NETWORK else
-                f"This run used {f6['network']}, not the 10-class network of the paper.",
+        "note": ("One digit per class: the first accepted, correctly classified test digit "
+                 "of each.") + ("" if f6["network"] == FIG6_NETWORK else
+                                 f" This run used {f6['network']}, not the 10-class network of "
+                                 f"the paper."),
     }  # fmt: skip
 
 

@@ -54,7 +54,10 @@ def save_model(model: nn.Module, out_dir: str | Path, info: dict) -> Path:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = dict(info)
     with atomic_path(out / WEIGHTS) as tmp:
-        torch.save(state, tmp)
+        # Through a file object: given a path, torch.save names the zip's top folder after the
+        # (random) temporary file name, and the same weights would get a different SHA-256.
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
         meta["sha256"] = sha256_file(tmp)
         (out / META).unlink(missing_ok=True)  # no model.json beside weights it does not describe
     atomic_write_json(out / META, meta, indent=2)

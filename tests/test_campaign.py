@@ -399,6 +399,22 @@ def test_a_malformed_scheduler_address_is_refused_before_anything_is_written(
     assert not out.parent.exists()  # said at once: no connection attempt, no file
 
 
+@pytest.mark.parametrize("experiment", ["solvers", "adversarial", "combined", "gradient"])
+def test_experiment_commands_refuse_a_malformed_scheduler_in_one_line(
+    tmp_path: Path, capsys, experiment: str
+) -> None:
+    pytest.importorskip("distributed")
+    from boxhack.cli import main
+
+    out = tmp_path / "out"
+    argv = ["experiment", experiment, "--out", str(out), "--scheduler", "garbage://x"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "not a Dask scheduler address" in lines[0]
+    assert "tcp://HOST:PORT" in lines[0]
+    assert not out.exists()
+
+
 # --- 6. in-process mode, bad grids, misuse -------------------------------------------------
 
 

@@ -31,7 +31,7 @@ def test_same_seed_same_weights(xor_data):
 
 
 def test_xor_network_learns(trained):
-    model, info = trained
+    _model, info = trained
     assert info["test_accuracy"] > 0.95
     assert info["architecture"] == "xor-mlp" and info["default_layer"] == "relu2"
     assert info["classes"] == [0, 1] and "torch" in info["versions"]
@@ -106,7 +106,7 @@ def test_user_model_class_and_torchscript(tmp_path, trained, xor_data):
     x = torch.as_tensor(xor_data.x_test[:20])
     ts = torch.jit.script(model)
     ts.save(str(tmp_path / "m.ts"))
-    loaded, info = load_any_model(tmp_path / "m.ts")
+    loaded, _info = load_any_model(tmp_path / "m.ts")
     assert torch.allclose(loaded(x), model(x))
     # layer taps work on the un-scripted shell
     pred, feats = collect(loaded, ["relu2", "fc1"], xor_data.x_test[:20])
@@ -124,13 +124,19 @@ def test_layer_taps(xor_data):
     names = [n for n, _, _ in list_layers(model, torch.zeros(1, 1, 28, 28))]
     assert names == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
     x = torch.rand(4, 1, 28, 28)
-    logits, feats = forward_with_layers(model, ["fc2", "relu2"], x)
+    _logits, feats = forward_with_layers(model, ["fc2", "relu2"], x)
     assert feats["fc2"].shape == (4, 32)
     assert torch.equal(torch.relu(feats["fc2"]), feats["relu2"])
     _, pre = forward_with_layers(model, ["relu2"], x, inputs=True)
     assert torch.equal(pre["relu2"], feats["fc2"])
     with pytest.raises(BoxhackError, match="unknown layer 'fc9'.*fc1"):
         get_layer(model, "fc9")
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -1e-3])
+def test_a_learning_rate_that_cannot_train_is_refused(xor_data, lr):
+    with pytest.raises(BoxhackError, match="lr > 0"):
+        train_model("xor-mlp", xor_data, epochs=1, lr=lr)
 
 
 def test_wrong_input_shape_for_net():
@@ -231,12 +237,12 @@ def test_a_damaged_model_cache_entry_is_rebuilt(clean_cache, tmp_path, how):
     root = tmp_path / "root"
     shutil.copytree(clean_cache, root)
     directory = root / "models" / "tanh"
-    reference, ref_info = load_model(directory)
+    _reference, ref_info = load_model(directory)
     _damage_model(directory, how)
     with pytest.raises(BoxhackError):
         load_model(directory)  # what every later run hit before: the entry itself is broken
     with pytest.warns(UserWarning, match="training it again"):
-        model, info, _ = prepare_model("tanh", root)
+        _model, info, _ = prepare_model("tanh", root)
     assert info["sha256"] == ref_info["sha256"]  # the same seed trains the same weights
     load_model(directory)  # whole again, for every later run
     assert sorted(p.name for p in directory.iterdir()) == ["model.json", "model.pt"]

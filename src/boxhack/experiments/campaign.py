@@ -398,7 +398,7 @@ def _new_pool(n_workers: int) -> ProcessPoolExecutor:
 def _abandon(pool: ProcessPoolExecutor) -> None:
     """Stop ``pool`` now: kill its workers (a running job is lost; its row was never written,
     so it runs again on resume) and shut it down without waiting."""
-    for process in list(getattr(pool, "_processes", {}).values()):
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
         try:
             process.kill()
         except (OSError, AttributeError, ValueError):  # already gone / already closed

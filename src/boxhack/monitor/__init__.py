@@ -7,6 +7,7 @@ accept/reject exactly in float32, gives a graded novelty score, and a differenti
 
 from boxhack.monitor.box import FORMAT, FORMAT_VERSION, BoxMonitor, widen
 from boxhack.monitor.clustering import Clustering, cluster_class
+from boxhack.monitor.compat import check_compatible, state_sha256
 from boxhack.monitor.io import load_monitor, save_monitor
 
 __all__ = [
@@ -14,8 +15,10 @@ __all__ = [
     "FORMAT_VERSION",
     "BoxMonitor",
     "Clustering",
+    "check_compatible",
     "cluster_class",
     "load_monitor",
     "save_monitor",
+    "state_sha256",
     "widen",
 ]

@@ -116,3 +116,14 @@ def test_several_layers_all_checked():
     other = build_model("tanh-mlp", 2)
     with pytest.raises(BoxhackError):
         check_compatible(m, other, {"input_shape": [2]})
+
+
+def test_evaluate_novelty_refuses_a_monitor_of_another_model():
+    from boxhack.evaluation import evaluate_novelty
+
+    a, b = _xor(0), _xor(1)
+    x, y = _points()
+    m = BoxMonitor(n_clusters=1, only_correct=False).fit(a, "relu2", x, y)
+    assert evaluate_novelty(m, a, x, y)["n_known"] == len(y)
+    with pytest.raises(BoxhackError, match="does not fit"):
+        evaluate_novelty(m, b, x, y)

@@ -88,7 +88,7 @@ def _handler(args) -> int:
     if args.target is not None and args.goal != "intrude-target":
         raise BoxhackError("--target is only for --goal intrude-target")
     if args.mode == "budget" and args.eps is None:
-        raise BoxhackError("--mode budget needs --eps (the perturbation budget)")
+        raise BoxhackError("--mode budget needs --eps, the budget epsilon of the perturbation")
     check_device(args.device)
     for option, path in (("--out", args.out), ("--png", args.png), ("--save", args.save)):
         if path:

@@ -205,11 +205,11 @@ ALREADY_WORDS = {
 
 
 def attacked_line(result) -> str:
-    """``"3/5 attacked inputs ... (2 already rejected, not attacked)"``: the success count
-    over the inputs really attacked, with the others named apart."""
+    """``"3/5 verified attacks on attacked inputs (60%); not attacked: 2 already rejected"``:
+    the success count over the inputs really attacked, with the others named apart."""
     s = attacked_summary(result)
     rate = "" if s["attacked"] == 0 else f" ({100 * s['success_rate']:.0f}%)"
-    text = f"{s['success']}/{s['attacked']} attacked inputs verified as successes{rate}"
+    text = f"{s['success']}/{s['attacked']} verified attacks on attacked inputs{rate}"
     apart = []
     if s["already"]:
         apart.append(f"{s['already']} {ALREADY_WORDS.get(result.goal, 'already meeting the goal')}")

@@ -258,6 +258,8 @@ def add_campaign_args(parser) -> None:
 
 
 def check_campaign_args(args) -> None:
+    from boxhack.errors import BoxhackError
+
     if args.jobs is not None and args.jobs < 1:
         raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
     if args.scheduler is not None:  # a malformed address: said before anything is trained

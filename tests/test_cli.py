@@ -15,12 +15,15 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("data", "train"):
+    for cmd in ("data", "train", "monitor", "attack", "verify"):
         assert cmd in out
 
 
 @pytest.mark.parametrize(
-    "argv", [["data", "--help"], ["data", "info", "--help"], ["train", "--help"]]
+    "argv", [["data", "--help"], ["data", "info", "--help"], ["train", "--help"],
+             ["verify", "--help"], ["attack", "gradient", "--help"],
+             ["attack", "adversarial", "--help"], ["attack", "optimise", "--help"],
+             ["monitor", "fit", "--help"]]
 )
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:

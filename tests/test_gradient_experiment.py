@@ -67,13 +67,18 @@ def test_experiment_contract_resume_and_summarise(small, tmp_path):
     for r in rows:  # rates are over attacked digits; 'already' ones are never successes
         res = r["result"]
         assert not any(s and not e for s, e in zip(res["success"], res["eligible"]))
-        assert len(res["attacks"]) == 1 and sum(res["attacks"][0]["success"]) == sum(res["success"])
+        assert len(res["attacks"]) == (1 if any(res["success"]) else 0)
+        if not res["attacks"]:
+            continue
+        assert sum(res["attacks"][0]["success"]) == sum(res["success"])
         if r["params"]["attack"] == "pgd":
             assert res["attacks"][0]["budget"] == {"norm": r["params"]["norm"],
                                                    "eps": r["params"]["eps"]}
     # every stored success holds when re-checked with the model and monitor it names
     total, n_records = recheck_rows(tmp_path, "gradient")
-    assert n_records == len(rows) and total.claimed > 0 and total.hold == total.claimed
+    assert n_records == sum(1 for r in rows if any(r["result"]["success"]))
+    assert total.claimed == sum(sum(r["result"]["success"]) for r in rows) > 0
+    assert total.hold == total.claimed
     on_disk = json.loads((exp_dir / "summary.json").read_text())
     assert on_disk["tables"] == summary["tables"]
     # resumable: a second run adds no rows; summarise alone redraws the same tables

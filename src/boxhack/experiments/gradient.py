@@ -96,7 +96,7 @@ def _job(params: dict) -> dict:
         "row_steps": int(res.info.get("row_steps", 0)),
         # the successes, exactly (float32 bits), with the model and monitor they hold against
         "attacks": [attack_record(res, model=params["model_ref"], monitor=params["monitor_ref"],
-                                  budget=budget, select=res.success)],
+                                  budget=budget, select=res.success)] if n_ok else [],
         # which of them the examples figure shows (positions in the record above)
         "examples": list(range(min(N_EXAMPLES, n_ok))) if attack == "gradient" else [],
     }

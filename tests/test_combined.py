@@ -123,3 +123,39 @@ def test_cli_experiment_help(capsys):
             main(["experiment", name, "--help"])
         assert exc.value.code == 0
     assert "--repair" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["adversarial", "combined", "novelty", "gradient"])
+def test_experiments_take_their_lock_before_writing_anything(tmp_path, name):
+    """A run whose experiment directory is in use is refused at once: no config, no model
+    training, nothing written (the models root stays empty)."""
+    import importlib
+
+    from boxhack.infra.locks import exclusive
+
+    module = importlib.import_module(f"boxhack.experiments.{name}")
+    with exclusive(tmp_path / name):
+        with pytest.raises(BoxhackError, match="in use"):
+            module.run(tmp_path, quick=True, n_jobs=1, progress=False,
+                       models_root=tmp_path / "models")
+        assert [p.name for p in (tmp_path / name).iterdir()] == [".lock"]
+        assert not (tmp_path / "models").exists()
+
+
+def test_sample_balanced_is_seeded_balanced_and_respects_the_mask():
+    from boxhack.data.sampling import sample_balanced
+
+    labels = np.repeat(np.arange(4), [50, 30, 5, 40])  # ordered by class, like the test split
+    mask = np.ones(len(labels), bool)
+    mask[50:60] = False
+    a = sample_balanced(labels, 24, seed=3, mask=mask)
+    assert np.array_equal(a, sample_balanced(labels, 24, seed=3, mask=mask))  # seeded
+    assert not np.array_equal(a, sample_balanced(labels, 24, seed=4, mask=mask))
+    assert np.all(np.diff(a) > 0) and mask[a].all()
+    # class 2 has only 5: it gives all of them, the others share the rest evenly
+    counts = np.bincount(labels[a], minlength=4)
+    assert counts[2] == 5 and sorted(counts[[0, 1, 3]]) == [6, 6, 7]
+    assert len(sample_balanced(labels, 10_000, seed=0, mask=mask)) == mask.sum()
+    assert len(sample_balanced(labels, 0, seed=0)) == 0
+    with pytest.raises(BoxhackError):
+        sample_balanced(labels, -1, seed=0)

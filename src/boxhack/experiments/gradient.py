@@ -44,6 +44,7 @@ EPS_GRID = {
 }
 QUICK_EPS = {"l1": (2.5, 10.0), "l2": (0.25, 1.0), "linf": (0.025, 0.1)}
 N_EXAMPLES = 3
+NORM_NAMES = {"l1": "L1", "l2": "L2", "linf": "Linf"}
 GOAL_TITLES = {
     "dos": "Attack 1 (dos): keep the class, get rejected",
     "intrude": "Attack 2 (intrude): get accepted as the same class",
@@ -307,7 +308,7 @@ def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
             label = f"{c['attack']} (minimal)"
             b50 = _fmt(budget_at(c["norms"], c["success"], 0.5)) if c["attacked"] else None
             b90 = _fmt(budget_at(c["norms"], c["success"], 0.9)) if c["attacked"] else None
-        table.append([c["goal"], c["norm"].upper(), label, c["attacked"], int(c["success"].sum()),
+        table.append([c["goal"], NORM_NAMES[c["norm"]], label, c["attacked"], int(c["success"].sum()),
                       _fmt(_rate(c), 3), c["already"], c["n"] - c["attacked"] - c["already"],
                       _fmt(_median_ok(c)), b50, b90, _fmt(c["ms"], 2)])  # fmt: skip
 
@@ -323,7 +324,7 @@ def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
         figures.append({"path": name, "caption": (
             f"Success rate over the attacked digits against the perturbation budget, "
             f"{GOAL_TITLES.get(goal, goal)}; one panel per norm "
-            f"({', '.join(n.upper() for n in NORMS if n in curves[goal])}): "
+            f"({', '.join(NORM_NAMES[n] for n in NORMS if n in curves[goal])}): "
             f"{'; '.join(what)}.")})  # fmt: skip
     examples = _examples(rows)
     if examples:
@@ -350,7 +351,7 @@ def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
 
     paper = []
     if (c := find("dos", "l2")) is not None:
-        others = "; ".join(f"{n.upper()}: {said(o)}" for n in ("l1", "linf")
+        others = "; ".join(f"{NORM_NAMES[n]}: {said(o)}" for n in ("l1", "linf")
                            if (o := find("dos", n)) is not None)
         paper.append({
             "claim": "Attack 1 on MNIST (784 dimensions): the local SciPy solvers (SLSQP, COBYLA) "

@@ -159,7 +159,7 @@ def _accuracy_job(p: dict[str, Any]) -> dict[str, Any]:
         "default_layer": info.get("default_layer"),
         "train_accuracy": accuracy(model, ds.x_train, ds.y_train),
         "test_accuracy": accuracy(model, ds.x_test, ds.y_test),
-        "train_seconds": (info.get("train") or {}).get("seconds"),
+        "train_s": (info.get("train") or {}).get("seconds"),  # timing: "_s"
         "train_seed": info.get("seed"),
         "split_seed": info.get("split_seed"),
     }
@@ -473,7 +473,7 @@ def summarise(out_dir: str | Path) -> dict[str, Any]:
                       _classes_text(r["result"]), r["result"]["parameters"],
                       r["result"]["n_train"], r["result"]["n_test"],
                       _pct(r["result"]["train_accuracy"]), _pct(r["result"]["test_accuracy"]),
-                      r["result"]["train_seconds"]] for r in acc_rows],
+                      r["result"].get("train_s", r["result"].get("train_seconds"))] for r in acc_rows],
         })
     if mon_rows:
         layer = mon_rows[0]["result"]["layer"]

@@ -185,6 +185,18 @@ def test_budget_exact_in_float32_even_with_random_start(setup, norm, goal):
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
+def test_orthogonal_budget_and_cap_exact_in_float32(setup, norm):
+    x0 = setup["accepted"][:16]
+    eps = {"l1": 0.3, "l2": 0.1, "linf": 0.03}[norm]
+    for mode in ("budget", "minimal"):  # minimal: epsilon is a cap
+        r = OrthogonalAttack(goal="dos", norm=norm, mode=mode, epsilon=eps, steps=30)(
+            setup["model"], setup["monitor"], x0)
+        assert_valid(r, x0)
+        assert within_budget(r.x0, r.x, {"norm": norm, "eps": eps}).all()
+        np.testing.assert_array_equal(r.success, recheck(setup, r, "dos"))
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
 def test_fit_to_budget_is_exact_and_minimal(norm):
     """fit_to_budget: every sample ends within the budget as records.norm_of measures it;
     samples already within are untouched bit for bit; the others keep their direction and end

@@ -33,7 +33,15 @@ is nearest in the attack norm to first order (``face_init``). Details and measur
 docs/attacks-gradient.md. Rows stop early once their best
 verified norm has not improved for ``patience`` steps, and the batch is refilled from the
 queue, so the batch stays full. Budget mode is PGD: the same normalised steps inside the fixed
-``epsilon`` ball, each row stopping at its first verified success.
+``epsilon`` ball, each row stopping at its first verified success. ``refine=k`` ends minimal
+mode with up to ``k`` PGD runs below each solved sample's norm (kept only when they verify
+smaller). Every run is bounded by steps, never by a clock.
+
+Only inputs that may be attacked are (:func:`boxhack.attacks.verify.starting_state`): an input
+whose goal already holds at ``x0`` is returned unchanged and never counts as a success
+(``result.already``), and Attack 1 with ``labels`` starts only from correctly classified inputs.
+With a budget (or a cap in minimal mode) the returned perturbation is within it exactly as
+``boxhack verify`` measures it (:func:`fit_to_budget`).
 
 Pixel space is [0, 1] at every step (clamping only ever moves a pixel towards ``x0``, so the
 norm ball is kept). A point counts as found only when the exact float32 model and monitor
@@ -282,7 +290,8 @@ class MonitorAttack:
     mode : "minimal" (smallest perturbation that succeeds) | "budget" (PGD inside ``epsilon``).
     epsilon : float or None -- the budget (required in budget mode; in minimal mode an optional
         upper bound on the norm searched).
-    steps : int -- gradient steps per row (default 100). Rows stop earlier once done.
+    steps : int -- gradient steps per row (default 50 minimal, 100 budget). Rows stop earlier
+        once done.
     lr : float -- initial step length relative to the current ball radius (cosine-annealed to
         ``lr / 100`` in minimal mode, ``lr / 10`` in budget mode).
     seed : int -- seed of the random start (budget mode with ``random_start=True``).
@@ -303,6 +312,9 @@ class MonitorAttack:
         (one row each) and keep the best verified result.
     plain_start : bool -- "dos" with ``face_init``: one more row per sample that starts at
         ``x0`` and follows the margin's own gradient (a different basin, at twice the cost).
+    refine : int -- minimal mode: PGD (budget-mode) runs per solved sample below its norm
+        (0: none); see :meth:`_refine`.
+    refine_drop : float -- how far below the norm the first refinement run tries (0.05 = 5 %).
     """
 
     name = "monitor-fmn"
@@ -366,7 +378,7 @@ class MonitorAttack:
             raise BoxhackError(f"slack must be in (0, 1), got {slack!r}")
         if not (0 < l1_sparsity <= 1):
             raise BoxhackError(f"l1_sparsity must be in (0, 1], got {l1_sparsity!r}")
-        if not (0 < refine_drop < 1):
+        if not isinstance(refine_drop, (int, float)) or not (0 < refine_drop < 1):
             raise BoxhackError(f"refine_drop must be in (0, 1), got {refine_drop!r}")
         self.seed = int(seed)
         self.batch_size = int(batch_size)

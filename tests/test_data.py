@@ -170,7 +170,7 @@ def test_sample_balanced_respects_the_mask_and_fills_from_other_classes():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n": 0}, "sample size"), ({"n": -3}, "sample size"), ({"n": 2.5}, "sample size"),
+    ({"n": -3}, "sample size"), ({"n": 2.5}, "sample size"),
     ({"n": True}, "sample size"), ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"),
     ({"mask": np.ones(3, dtype=bool)}, "mask"), ({"mask": np.ones(10)}, "mask"),
     ({"labels": np.zeros((2, 5), np.int64)}, "1-D"), ({"labels": np.linspace(0, 1, 10)}, "integer"),

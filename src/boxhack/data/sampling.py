@@ -1,14 +1,11 @@
-"""Seeded, class-balanced samples of a data set's inputs (for ``--n N``).
+"""Seeded, class-balanced samples of a data set's inputs.
 
-Test splits are ordered by class (the first hundred MNIST test digits are all zeros), so "the
-first N" is not a sample. :func:`sample_balanced` draws N indices, as evenly over the classes
-as the eligible inputs allow, with a seeded generator: the same call gives the same indices on
-every machine (``numpy.random.default_rng(seed)``, nothing else random).
+The test split is ordered by class, so "the first N test digits" are all zeros. Experiments
+and ``--n`` options draw with :func:`sample_balanced` instead: the same seed gives the same
+indices on any machine, and every class gets its share as far as the candidates allow.
 """
 
 from __future__ import annotations
-
-import numbers
 
 import numpy as np
 
@@ -18,55 +15,35 @@ __all__ = ["sample_balanced"]
 
 
 def sample_balanced(labels, n: int, seed: int, mask=None) -> np.ndarray:
-    """Indices of a seeded, class-balanced sample of ``n`` items (sorted, int64).
+    """Sorted indices of up to ``n`` inputs with ``mask`` true, as class-balanced as possible.
 
-    ``labels``: class per item (1-D integers). ``mask``: optional booleans, only items where
-    it is true may be drawn (e.g. inputs the attack can start from). Each class present among
-    the eligible items gets ``n // K`` or ``n // K + 1`` items (``K`` classes); a class with
-    fewer eligible items gives all of them and the others share its remainder evenly (water
-    filling). Which classes get the ``+1`` and which items are drawn within a class is decided
-    by ``numpy.random.default_rng(seed)``. When fewer than ``n`` items are eligible, all of
-    them are returned: callers that need exactly ``n`` compare the length.
+    Each class's candidates are put in a seeded random order; the sample takes the first of
+    every class, then the second of every class, and so on (classes in a seeded random order
+    within a round), until ``n`` are taken. A class with too few candidates gives what it has
+    and the others fill in. Fewer than ``n`` indices come back only when fewer than ``n``
+    candidates exist.
     """
-    y = np.asarray(labels)
-    if y.ndim != 1:
-        raise BoxhackError(f"labels must be 1-D, got shape {y.shape}")
-    if y.size and (y.dtype == bool or not np.issubdtype(y.dtype, np.integer)):
-        raise BoxhackError(f"labels must be integer class indices, got dtype {y.dtype}")
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
-        raise BoxhackError(f"the sample size must be an integer >= 1, got {n!r}")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise BoxhackError(f"labels must be 1-D (one class per input), got shape {labels.shape}")
+    if labels.size and (labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer)):
+        raise BoxhackError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise BoxhackError(f"the sample size must be an integer >= 0, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise BoxhackError(f"the seed must be an integer >= 0, got {seed!r}")
-    if mask is None:
-        eligible = np.arange(len(y))
-    else:
-        m = np.asarray(mask)
-        if m.shape != y.shape or m.dtype != bool:
-            raise BoxhackError(f"mask must be {len(y)} booleans, got {m.dtype} {m.shape}")
-        eligible = np.flatnonzero(m)
-    rng = np.random.default_rng(int(seed))
-    classes, counts = np.unique(y[eligible], return_counts=True)
-    if len(classes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    if counts.sum() <= n:
-        return eligible.astype(np.int64)
-    # water filling: the largest level L with sum(min(count, L)) <= n (binary search; the
-    # total exceeds n, so L is below the largest count) ...
-    lo, hi = 0, int(counts.max())
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if np.minimum(counts, mid).sum() <= n:
-            lo = mid
-        else:
-            hi = mid - 1
-    quota = np.minimum(counts, lo)
-    # ... and the rest one each to randomly chosen classes that still have items left
-    left = n - int(quota.sum())
-    open_classes = np.flatnonzero(counts > quota)
-    quota[rng.permutation(open_classes)[:left]] += 1
-    picked = []
-    labels_eligible = y[eligible]
-    for k, cls in enumerate(classes):
-        members = eligible[labels_eligible == cls]
-        picked.append(rng.permutation(members)[: quota[k]])
-    return np.sort(np.concatenate(picked)).astype(np.int64)
+    keep = np.ones(len(labels), dtype=bool) if mask is None else np.asarray(mask)
+    if keep.shape != labels.shape or keep.dtype != bool:
+        raise BoxhackError(f"mask must be {len(labels)} booleans, got {keep.dtype} {keep.shape}")
+    rng = np.random.default_rng(seed)
+    candidates = np.flatnonzero(keep)
+    classes = np.unique(labels[candidates])
+    class_rank = rng.permutation(len(classes))  # order of the classes within a round
+    round_of = np.empty(len(candidates), dtype=np.int64)
+    rank_of = np.empty(len(candidates), dtype=np.int64)
+    for c, rank in zip(classes, class_rank):
+        pos = np.flatnonzero(labels[candidates] == c)
+        round_of[pos[rng.permutation(len(pos))]] = np.arange(len(pos))
+        rank_of[pos] = rank
+    order = np.lexsort((rank_of, round_of))
+    return np.sort(candidates[order[: int(n)]])

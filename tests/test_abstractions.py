@@ -449,7 +449,7 @@ def test_max_width_and_memory_refusal():
     for fam in (1, 2):
         w = max_width(30, fam)
         assert pair_bytes(w, 30, fam) <= 1 << 30 < pair_bytes(w + 1, 30, fam)
-    assert max_width(30, 2) == 1495 and max_width(30, 1) == 2114
+    assert max_width(30, 2) == 1221 and max_width(30, 1) == 1726
     x = np.random.default_rng(0).normal(size=(20, 40)).astype(F32)
     with pytest.raises(BoxhackError, match="widest layer that fits is"):
         OctagonMonitor(max_memory=100_000).fit_features(x, np.zeros(20, np.int64))

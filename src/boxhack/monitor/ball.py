@@ -33,7 +33,7 @@ from boxhack.monitor.base import (
     fix_margin_sign,
     round_up_f32,
 )
-from boxhack.monitor.jit import njit, prange
+from boxhack.monitor.jit import kernel, njit, prange
 from boxhack.monitor.registry import register
 
 __all__ = ["MeanBallMonitor"]
@@ -121,7 +121,7 @@ def _side(s, r2, d):  # pragma: no cover - compiled
     return 2
 
 
-@njit(parallel=True)
+@kernel
 def _ball_accept(z, pred, start, count, center, radius2, code):  # pragma: no cover - compiled
     n, d = z.shape
     for r in prange(n):
@@ -137,7 +137,7 @@ def _ball_accept(z, pred, start, count, center, radius2, code):  # pragma: no co
         code[r] = out
 
 
-@njit(parallel=True)
+@kernel
 def _ball_values(z, pred, start, count, center, radius2, code, val, nov,
                  arg):  # pragma: no cover - compiled
     """val: max over clusters of r' - ||z - c||; arg: that cluster; nov: min over clusters of
@@ -220,7 +220,7 @@ class MeanBallMonitor(ClusteredMonitor):
         code = np.empty(n, np.int8)
         val, nov = np.empty(n), np.empty(n)
         arg = np.empty(n, np.int64)
-        _ball_values(z, pred, der["start"], der["count"], self.state_[layer]["center"],
+        _ball_values(n, z, pred, der["start"], der["count"], self.state_[layer]["center"],
                      der["radius2"], code, val, nov, arg)
         return self._resolve(layer, z, pred, code), val, nov, arg
 
@@ -228,7 +228,7 @@ class MeanBallMonitor(ClusteredMonitor):
         z = x.astype(np.float64)
         der = self.derived_[layer]
         code = np.empty(len(z), np.int8)
-        _ball_accept(z, pred, der["start"], der["count"], self.state_[layer]["center"],
+        _ball_accept(len(z), z, pred, der["start"], der["count"], self.state_[layer]["center"],
                      der["radius2"], code)
         return self._resolve(layer, z, pred, code)
 

@@ -41,12 +41,75 @@ from boxhack.monitor.base import (
     fix_margin_sign,
     is_real,
 )
+from boxhack.monitor.jit import kernel, prange
 from boxhack.monitor.registry import register
 
 __all__ = ["ConvexHullMonitor"]
 
 _TINY = float(np.nextafter(0.0, 1.0))
 _LP_OPTIONS = {"presolve": False}
+GILBERT_ITERATIONS = 64
+
+
+@kernel
+def _gilbert(p, v, threshold, iters, gap, normal):  # pragma: no cover - compiled
+    """Gilbert's algorithm towards the point of conv(p) nearest to each v[r]: every step's
+    direction a = v - x (x in the hull) certifies ``dist_inf(v, H) >= (a.v - max_p a.p) /
+    ||a||_1``; gap[r] is the best such bound (normal[r] its a), stopping once it exceeds
+    ``threshold`` (the row is then outside without an LP)."""
+    n, d = v.shape
+    m = p.shape[0]
+    for r in prange(n):
+        x = np.empty(d)
+        a = np.empty(d)
+        near, dn = 0, np.inf
+        for k in range(m):
+            s = 0.0
+            for i in range(d):
+                t = p[k, i] - v[r, i]
+                s += t * t
+            if s < dn:
+                near, dn = k, s
+        for i in range(d):
+            x[i] = p[near, i]
+        best = -np.inf
+        for _ in range(iters):
+            nn = 0.0
+            l1 = 0.0
+            av = 0.0
+            for i in range(d):
+                a[i] = v[r, i] - x[i]
+                nn += a[i] * a[i]
+                l1 += abs(a[i])
+                av += a[i] * v[r, i]
+            if nn == 0.0:
+                break
+            smax, ks = -np.inf, 0
+            for k in range(m):
+                s = 0.0
+                for i in range(d):
+                    s += p[k, i] * a[i]
+                if s > smax:
+                    smax, ks = s, k
+            lb = (av - smax) / l1
+            if lb > best:
+                best = lb
+                for i in range(d):
+                    normal[r, i] = a[i]
+            if best > threshold:
+                break
+            # x <- the point nearest to v on the segment [x, p_ks]
+            num, den = 0.0, 0.0
+            for i in range(d):
+                e = p[ks, i] - x[i]
+                num += e * a[i]
+                den += e * e
+            if den == 0.0 or num <= 0.0:
+                break
+            t = min(1.0, num / den)
+            for i in range(d):
+                x[i] += t * (p[ks, i] - x[i])
+        gap[r] = best
 
 
 class _Cluster:
@@ -66,7 +129,7 @@ class _Cluster:
         self.rho = half if half > 0 else 1.0  # L-inf half-width, for the graded score
         # exact rejection directions: the axes and the principal axes of the points
         centred = self.points - self.center
-        axes = np.linalg.svd(centred, full_matrices=True)[2] if self.m > 1 else np.eye(self.d)
+        axes = np.linalg.svd(centred, full_matrices=False)[2] if self.m > 1 else np.eye(self.d)
         self.dirs = np.concatenate([np.eye(self.d), axes])
         proj = self.points @ self.dirs.T
         self.sup_hi, self.sup_lo = proj.max(0), proj.min(0)
@@ -78,17 +141,28 @@ class _Cluster:
         v = v / self.scale
         return self.center + (v - self.center) / self.shrink if self.shrink != 1.0 else v
 
-    def gaps(self, vp: np.ndarray):
-        """Lower bounds on dist_inf(v', H) from the directions, and the direction achieving
-        each: ``(gap (N,), dir index (N,), side (N,) +1 above / -1 below)``."""
+    def gaps(self, vp: np.ndarray, *, refine: bool = True):
+        """Lower bounds on dist_inf(v', H) with the directions certifying them:
+        ``(gap (N,), normal (N, d))`` where ``normal . v' - max_p normal . p >= gap *
+        ||normal||_1``. From the axes and principal axes, then (``refine``) Gilbert's
+        algorithm for the rows those leave undecided."""
         proj = vp @ self.dirs.T
         above = (proj - self.sup_hi) / self.l1
         below = (self.sup_lo - proj) / self.l1
         both = np.concatenate([above, below], axis=1)
         k = both.argmax(1)
         gap = both[np.arange(len(vp)), k]
-        side = np.where(k < len(self.dirs), 1.0, -1.0)
-        return gap, k % len(self.dirs), side
+        normal = self.dirs[k % len(self.dirs)] * np.where(k < len(self.dirs), 1.0, -1.0)[:, None]
+        open_ = np.flatnonzero(gap <= self.eps + self.tau)
+        if refine and len(open_) and self.m > 1:
+            g2 = np.empty(len(open_))
+            n2 = np.zeros((len(open_), self.d))
+            _gilbert(len(open_), self.points, np.ascontiguousarray(vp[open_]),
+                     self.eps + self.tau, GILBERT_ITERATIONS, g2, n2)
+            better = g2 > gap[open_]
+            gap[open_[better]] = g2[better]
+            normal[open_[better]] = n2[better]
+        return gap, normal
 
     def _matrices(self):
         if self._lp is None:
@@ -218,37 +292,31 @@ class ConvexHullMonitor(ClusteredMonitor):
             for b in range(s, s + k):
                 cl = der["clusters"][b]
                 vp = cl.prime(x64[rows])
-                gap, kdir, side = cl.gaps(vp)
-                per.append((b, cl, vp, gap, kdir, side))
+                gap, normal = cl.gaps(vp)
+                per.append((b, cl, vp, gap, normal))
             for idx, r in enumerate(rows):
                 order = sorted(range(k), key=lambda j, i=idx: per[j][3][i])
                 for j in order:
-                    b, cl, vp, gap, kdir, side = per[j]
+                    if accepted[r]:
+                        break
+                    b, cl, vp, gap, normal = per[j]
                     factor = cl.shrink * cl.scale / cl.rho
                     lower = max(0.0, gap[idx] - cl.eps) * factor
-                    if full and lower >= nov[r] and accepted[r]:
-                        continue
-                    if gap[idx] > cl.eps + cl.tau:  # exactly outside: no LP
-                        if lower < nov[r]:
-                            nov[r], best_b[r] = lower, b
-                            best_a[r] = side[idx] * cl.dirs[kdir[idx]]
-                            dec[r] = max(dec[r], -lower)
-                        continue
+                    if gap[idx] > cl.eps + cl.tau:  # certainly outside this hull: no LP
+                        if best_b[r] < 0:
+                            best_b[r], best_a[r] = b, normal[idx]
+                        if not full or lower >= nov[r]:
+                            continue
                     t, a = cl.distance(vp[idx])
-                    inside = t <= cl.eps + cl.tau
-                    score = max(0.0, t - cl.eps) * factor
-                    if inside:
-                        value = (cl.eps + cl.tau - t) * factor
-                        if not accepted[r] or value > dec[r]:
-                            best_b[r], best_a[r] = b, None
-                        accepted[r] = True
-                        nov[r] = 0.0
-                        dec[r] = max(dec[r], value)
-                        if not full:
-                            break
-                    elif score < nov[r] and not accepted[r]:
-                        nov[r], best_b[r], best_a[r] = score, b, a
-                        dec[r] = max(dec[r], -score)
+                    if t <= cl.eps + cl.tau:
+                        accepted[r], nov[r] = True, 0.0
+                        dec[r] = (cl.eps + cl.tau - t) * factor
+                        best_b[r], best_a[r] = b, None
+                    else:
+                        score = (t - cl.eps) * factor
+                        if score < nov[r]:
+                            nov[r], best_b[r], best_a[r] = score, b, a
+                            dec[r] = -score
             if full:
                 for r in rows[hit]:
                     if not accepted[r]:  # a training vector: inside its own hull

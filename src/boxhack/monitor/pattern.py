@@ -37,7 +37,7 @@ from boxhack.monitor.base import (
     fix_margin_sign,
     is_int,
 )
-from boxhack.monitor.jit import njit, prange
+from boxhack.monitor.jit import kernel, njit, prange
 from boxhack.monitor.registry import register
 
 __all__ = ["PatternMonitor", "pack_patterns"]
@@ -97,7 +97,7 @@ def _compare(q, r, pat, p):  # pragma: no cover - compiled
     return 0
 
 
-@njit(parallel=True)
+@kernel
 def _accept(q, pred, start, count, pat, gamma, out):  # pragma: no cover - compiled
     n = q.shape[0]
     for r in prange(n):
@@ -123,7 +123,7 @@ def _accept(q, pred, start, count, pat, gamma, out):  # pragma: no cover - compi
         out[r] = inside
 
 
-@njit(parallel=True)
+@kernel
 def _nearest(q, pred, start, count, pat, out):  # pragma: no cover - compiled
     """Hamming distance to the nearest pattern of class pred[r] (a huge value if none)."""
     n = q.shape[0]
@@ -149,7 +149,7 @@ def _kth_agreement(z, r, bits, p, k, buf):  # pragma: no cover - compiled
     return buf[k - 1]
 
 
-@njit(parallel=True)
+@kernel
 def _margin_search(z, q, pred, start, count, pat, gamma, best_p, best_v,
                    accepted):  # pragma: no cover - compiled
     """Exact argmax over class patterns p of the (gamma+1)-th smallest agreement (pruned)."""
@@ -256,14 +256,14 @@ class PatternMonitor(Monitor):
 
     def _accept_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
         out = np.empty(len(x), dtype=np.bool_)
-        _accept(pack_patterns(x), pred, *self._args(layer), self.derived_[layer]["gamma"], out)
+        _accept(len(x), pack_patterns(x), pred, *self._args(layer), self.derived_[layer]["gamma"], out)
         return out
 
     def nearest(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """int64 (N,): Hamming distance to the nearest pattern of the predicted class
         (a huge value for a class without patterns)."""
         out = np.empty(len(x), dtype=np.int64)
-        _nearest(pack_patterns(x), pred, *self._args(layer), out)
+        _nearest(len(x), pack_patterns(x), pred, *self._args(layer), out)
         return out
 
     def _decision_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -285,7 +285,7 @@ class PatternMonitor(Monitor):
         best_v = np.empty(n)
         accepted = np.empty(n, np.bool_)
         gamma = self.derived_[layer]["gamma"]
-        _margin_search(zn, pack_patterns(zn), pred, *self._args(layer), gamma, best_p, best_v,
+        _margin_search(n, zn, pack_patterns(zn), pred, *self._args(layer), gamma, best_p, best_v,
                        accepted)
         has = best_p >= 0
         if gamma + 1 > d:

@@ -14,11 +14,15 @@ in float64 from the stored float32 tight bounds and rounded outward to float32. 
 inclusive; a prediction is accepted iff its vector satisfies every constraint of one of its
 class's clusters. The reference implementation deviates (see docs/abstractions.md).
 
-Cost: ``2d + F d(d-1)`` float32 bounds per cluster (F = 1 zone, 2 octagon), held twice (tight
-and widened). ``max_memory`` (default 1 GiB) caps that; :func:`max_width` says which layer
-width fits. Decisions run in a compiled kernel that stops at the first violated constraint
-and the first containing cluster; the margin's active constraint is found by a compiled
-kernel too and only that constraint is recomputed in torch (O(N) autograd memory).
+Cost: per cluster, the tight bounds as stored (float32, ``2d + F d(d-1)`` numbers, F = 1 zone,
+2 octagon) plus the query form: the widened pair bounds as dense float64 d x d matrices (a
+difference-bound matrix ``U[i, j] >= v_i - v_j`` over all ordered pairs; for sums
+``S[i, j] * (v_i + v_j) <= M[i, j]`` with S = +1 above and -1 below the diagonal), so the
+compiled decision loop runs over contiguous rows and vectorises. About ``12 F d^2`` bytes per
+cluster; ``max_memory`` (default 1 GiB) caps it and :func:`max_width` says which layer width
+fits. Decisions stop at the first violated row of constraints and the first containing
+cluster; the margin's active constraint is found by a compiled kernel too and only that
+constraint is recomputed in torch (O(N) autograd memory).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from boxhack.monitor.base import (
     round_up_f32,
     widen_intervals,
 )
-from boxhack.monitor.jit import njit, prange
+from boxhack.monitor.jit import kernel, prange
 from boxhack.monitor.registry import register
 
 __all__ = ["DEFAULT_MAX_MEMORY", "OctagonMonitor", "ZoneMonitor", "max_width", "pair_bytes"]
@@ -54,10 +58,12 @@ K_BOX_LO, K_BOX_HI, K_DIFF_LO, K_DIFF_HI, K_SUM_LO, K_SUM_HI, K_BOX_HI_RELU = ra
 
 
 def pair_bytes(d: int, n_sets: int, families: int) -> int:
-    """Bytes of float32 bounds a zone (``families=1``) or octagon (2) monitor holds for one
-    layer of width ``d`` with ``n_sets`` clusters: tight and widened, lower and upper."""
-    per_set = 2 * d + 2 * families * (d * (d - 1) // 2)
-    return 2 * 4 * n_sets * per_set
+    """Bytes a zone (``families=1``) or octagon (2) monitor holds for one layer of width ``d``
+    with ``n_sets`` clusters: the stored float32 tight bounds (box and pairs, lower and upper),
+    the widened float32 box and the dense float64 d x d matrices of the widened pair bounds."""
+    tight = 4 * (2 * d + 2 * families * (d * (d - 1) // 2))
+    query = 4 * 2 * d + 8 * families * d * d
+    return n_sets * (tight + query)
 
 
 def max_width(n_sets: int, families: int, budget: int = DEFAULT_MAX_MEMORY) -> int:
@@ -75,7 +81,7 @@ def max_width(n_sets: int, families: int, budget: int = DEFAULT_MAX_MEMORY) -> i
 
 
 # ----------------------------------------------------------------------------- kernels
-@njit(parallel=True)
+@kernel
 def _pair_bounds(x, use_sum, dlo, dhi, slo, shi):  # pragma: no cover - compiled
     """Tight float64 min / max of x_i - x_j (and x_i + x_j) over the rows, pairs i < j."""
     n, d = x.shape
@@ -102,32 +108,32 @@ def _pair_bounds(x, use_sum, dlo, dhi, slo, shi):  # pragma: no cover - compiled
                     shi[k] = max(shi[k], s)
 
 
-@njit(parallel=True)
-def _accept(x, pred, start, count, blo, bhi, plo, phi, slo, shi, use_sum, out):  # pragma: no cover
+@kernel
+def _accept(x, pred, start, count, blo, bhi, dbm, smat, sign, use_sum,
+            out):  # pragma: no cover - compiled
     """out[r]: x[r] satisfies every constraint of one of class pred[r]'s clusters."""
     n, d = x.shape
     for r in prange(n):
         c = pred[r]
         inside = False
+        v = np.empty(d)
+        for i in range(d):
+            v[i] = x[r, i]
         for b in range(start[c], start[c] + count[c]):
             ok = True
             for i in range(d):
-                v = x[r, i]
-                if not (blo[b, i] <= v <= bhi[b, i]):
+                if not (blo[b, i] <= x[r, i] <= bhi[b, i]):
                     ok = False
                     break
             if ok:
-                for i in range(d - 1):
-                    k0 = i * (2 * d - i - 1) // 2 - i - 1
-                    vi = np.float64(x[r, i])
-                    bad = False
-                    for j in range(i + 1, d):
-                        vj = np.float64(x[r, j])
-                        t = vi - vj
-                        bad |= (t < plo[b, k0 + j]) | (t > phi[b, k0 + j])
-                        if use_sum:
-                            s = vi + vj
-                            bad |= (s < slo[b, k0 + j]) | (s > shi[b, k0 + j])
+                for i in range(d):
+                    vi = v[i]
+                    bad = 0
+                    for j in range(d):
+                        bad += (vi - v[j]) > dbm[b, i, j]
+                    if use_sum:
+                        for j in range(d):
+                            bad += (sign[i, j] * (vi + v[j])) > smat[b, i, j]
                     if bad:
                         ok = False
                         break
@@ -137,21 +143,21 @@ def _accept(x, pred, start, count, blo, bhi, plo, phi, slo, shi, use_sum, out): 
         out[r] = inside
 
 
-@njit(parallel=True)
-def _slack(z, pred, start, count, blo, bhi, plo, phi, slo, shi, use_sum, pre,
+@kernel
+def _slack(z, pred, start, count, blo, bhi, dbm, smat, sign, use_sum, pre,
            val, arg):  # pragma: no cover - compiled
     """val[r] = max over class pred[r]'s clusters of the smallest normalised slack (distance to
-    the constraint's hyperplane, > 0 inside); arg[r] = (cluster, kind, i, j, pair index) of the
-    active constraint. ``pre``: z holds ReLU pre-activations (box sides by the pre-activation
-    rule, pairs on relu(z))."""
+    the constraint's hyperplane, > 0 inside); arg[r] = (cluster, kind, i, j) of the active
+    constraint. ``pre``: z holds ReLU pre-activations (box sides by the pre-activation rule,
+    pairs on relu(z))."""
     n, d = z.shape
     for r in prange(n):
         c = pred[r]
         best = -np.inf
-        bb, bk, bi, bj, bp = -1, 0, 0, 0, 0
+        bb, bk, bi, bj = -1, 0, 0, 0
         for b in range(start[c], start[c] + count[c]):
             m = np.inf
-            mk, mi, mj, mp = 0, 0, 0, 0
+            mk, mi, mj = 0, 0, 0
             for i in range(d):
                 zi = z[r, i]
                 lo = np.float64(blo[b, i])
@@ -174,41 +180,38 @@ def _slack(z, pred, start, count, blo, bhi, plo, phi, slo, shi, use_sum, pre,
                     m, mk, mi = s_hi, k_hi, i
             if m > best:
                 for i in range(d - 1):
-                    k0 = i * (2 * d - i - 1) // 2 - i - 1
                     ui = max(z[r, i], 0.0) if pre else z[r, i]
                     for j in range(i + 1, d):
-                        k = k0 + j
                         uj = max(z[r, j], 0.0) if pre else z[r, j]
                         t = ui - uj
-                        s = (t - plo[b, k]) / SQRT2
+                        s = (t - (-dbm[b, j, i])) / SQRT2
                         if s < m:
-                            m, mk, mi, mj, mp = s, K_DIFF_LO, i, j, k
-                        s = (phi[b, k] - t) / SQRT2
+                            m, mk, mi, mj = s, K_DIFF_LO, i, j
+                        s = (dbm[b, i, j] - t) / SQRT2
                         if s < m:
-                            m, mk, mi, mj, mp = s, K_DIFF_HI, i, j, k
+                            m, mk, mi, mj = s, K_DIFF_HI, i, j
                         if use_sum:
                             t = ui + uj
-                            s = (t - slo[b, k]) / SQRT2
+                            s = (t - (-smat[b, j, i])) / SQRT2
                             if s < m:
-                                m, mk, mi, mj, mp = s, K_SUM_LO, i, j, k
-                            s = (shi[b, k] - t) / SQRT2
+                                m, mk, mi, mj = s, K_SUM_LO, i, j
+                            s = (smat[b, i, j] - t) / SQRT2
                             if s < m:
-                                m, mk, mi, mj, mp = s, K_SUM_HI, i, j, k
+                                m, mk, mi, mj = s, K_SUM_HI, i, j
                     if m <= best:
                         break
             if m > best:
                 best = m
-                bb, bk, bi, bj, bp = b, mk, mi, mj, mp
+                bb, bk, bi, bj = b, mk, mi, mj
         val[r] = best
         arg[r, 0] = bb
         arg[r, 1] = bk
         arg[r, 2] = bi
         arg[r, 3] = bj
-        arg[r, 4] = bp
 
 
-@njit(parallel=True)
-def _novelty(x, pred, start, count, blo, bhi, plo, phi, slo, shi, use_sum, radius,
+@kernel
+def _novelty(x, pred, start, count, blo, bhi, dbm, smat, sign, use_sum, radius,
              out):  # pragma: no cover - compiled
     """out[r] = min over class pred[r]'s clusters of ||violations||_2 / radius_b, where the
     violations are the distances to the violated constraints' hyperplanes; inf: no cluster."""
@@ -225,22 +228,20 @@ def _novelty(x, pred, start, count, blo, bhi, plo, phi, slo, shi, use_sum, radiu
                 acc += e * e
             if acc < cap:
                 for i in range(d - 1):
-                    k0 = i * (2 * d - i - 1) // 2 - i - 1
                     vi = np.float64(x[r, i])
                     for j in range(i + 1, d):
                         vj = np.float64(x[r, j])
                         t = vi - vj
-                        e = max(plo[b, k0 + j] - t, t - phi[b, k0 + j], 0.0) / SQRT2
+                        e = max((-dbm[b, j, i]) - t, t - dbm[b, i, j], 0.0) / SQRT2
                         acc += e * e
                         if use_sum:
                             t = vi + vj
-                            e = max(slo[b, k0 + j] - t, t - shi[b, k0 + j], 0.0) / SQRT2
+                            e = max((-smat[b, j, i]) - t, t - smat[b, i, j], 0.0) / SQRT2
                             acc += e * e
                     if acc >= cap:
                         break
             if acc < cap:
-                cand = math.sqrt(acc) / radius[b]
-                best = min(best, cand)
+                best = min(best, math.sqrt(acc) / radius[b])
         out[r] = best
 
 
@@ -299,7 +300,7 @@ class _PairMonitor(ClusteredMonitor):
         for b, r in enumerate(rows):
             state["box_lo"][b] = r.min(0)
             state["box_hi"][b] = r.max(0)
-            _pair_bounds(np.ascontiguousarray(r), use_sum, dlo, dhi, slo, shi)
+            _pair_bounds(len(r) * d, np.ascontiguousarray(r), use_sum, dlo, dhi, slo, shi)
             state["diff_lo"][b] = round_down_f32(dlo)
             state["diff_hi"][b] = round_up_f32(dhi)
             if use_sum:
@@ -310,37 +311,52 @@ class _PairMonitor(ClusteredMonitor):
     def _names(self) -> tuple[str, ...]:
         return ("box", "diff", "sum") if self.families == 2 else ("box", "diff")
 
-    def _derive(self, layer: str, state: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _widened(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tol, rel = float(self.tolerance), bool(self.relative_tolerance)
-        out: dict[str, Any] = {}
+        out = {}
         with np.errstate(over="ignore"):
             for name in self._names():
                 out[name + "_lo"], out[name + "_hi"] = widen_intervals(
                     state[name + "_lo"], state[name + "_hi"], tol, rel)
-        if self.families == 1:
-            out["sum_lo"] = out["sum_hi"] = np.empty((len(state["cluster_class"]), 0), np.float32)
-        out["start"], out["count"] = self.cluster_layout(state["cluster_class"], self.n_classes_)
-        half_diag = 0.5 * np.sqrt(((out["box_hi"].astype(np.float64)
-                                    - out["box_lo"].astype(np.float64)) ** 2).sum(1))
-        out["radius"] = np.where(half_diag > 0, half_diag, 1.0)
-        out["torch"] = {}
         return out
+
+    def _derive(self, layer: str, state: dict[str, np.ndarray]) -> dict[str, Any]:
+        wide = self._widened(state)
+        n_sets, d = wide["box_lo"].shape
+        iu, ju = np.triu_indices(d, 1)
+        dbm = np.zeros((n_sets, d, d))  # dbm[b, i, j] >= v_i - v_j (diagonal: 0)
+        dbm[:, iu, ju] = wide["diff_hi"]
+        dbm[:, ju, iu] = -wide["diff_lo"].astype(np.float64)
+        if self.families == 2:  # sign[i, j] (v_i + v_j) <= smat[b, i, j] (diagonal: free)
+            smat = np.full((n_sets, d, d), np.inf)
+            smat[:, iu, ju] = wide["sum_hi"]
+            smat[:, ju, iu] = -wide["sum_lo"].astype(np.float64)
+            sign = np.ones((d, d))
+            sign[ju, iu] = -1.0
+        else:
+            smat, sign = np.zeros((n_sets, 0, 0)), np.zeros((0, 0))
+        start, count = self.cluster_layout(state["cluster_class"], self.n_classes_)
+        half_diag = 0.5 * np.sqrt(((wide["box_hi"].astype(np.float64)
+                                    - wide["box_lo"].astype(np.float64)) ** 2).sum(1))
+        return {"box_lo": wide["box_lo"], "box_hi": wide["box_hi"], "dbm": dbm, "smat": smat,
+                "sign": sign, "start": start, "count": count,
+                "radius": np.where(half_diag > 0, half_diag, 1.0), "torch": {}}
 
     def _kernel_args(self, layer: str) -> tuple:
         der = self.derived_[layer]
-        return (der["start"], der["count"], der["box_lo"], der["box_hi"], der["diff_lo"],
-                der["diff_hi"], der["sum_lo"], der["sum_hi"], self.families == 2)
+        return (der["start"], der["count"], der["box_lo"], der["box_hi"], der["dbm"],
+                der["smat"], der["sign"], self.families == 2)
 
     # ------------------------------------------------------------------ queries
     def _accept_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
         out = np.empty(len(x), dtype=np.bool_)
-        _accept(x, pred, *self._kernel_args(layer), out)
+        _accept(len(x), x, pred, *self._kernel_args(layer), out)
         return out
 
     def _slack_np(self, layer: str, z: np.ndarray, pred: np.ndarray, pre: bool):
         val = np.empty(len(z))
-        arg = np.empty((len(z), 5), dtype=np.int64)
-        _slack(np.ascontiguousarray(z, dtype=np.float64), pred, *self._kernel_args(layer), pre,
+        arg = np.empty((len(z), 4), dtype=np.int64)
+        _slack(len(z), np.ascontiguousarray(z, dtype=np.float64), pred, *self._kernel_args(layer), pre,
                val, arg)
         return val, arg
 
@@ -349,7 +365,7 @@ class _PairMonitor(ClusteredMonitor):
 
     def _novelty_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
         out = np.empty(len(x))
-        _novelty(x, pred, *self._kernel_args(layer), self.derived_[layer]["radius"], out)
+        _novelty(len(x), x, pred, *self._kernel_args(layer), self.derived_[layer]["radius"], out)
         return out
 
     def _bounds_on(self, layer: str, device: torch.device) -> dict[str, torch.Tensor]:
@@ -357,9 +373,8 @@ class _PairMonitor(ClusteredMonitor):
         key = str(device)
         if key not in cache:
             der = self.derived_[layer]
-            cache[key] = {name: torch.from_numpy(der[name].astype(np.float64)).to(device)
-                          for name in ("box_lo", "box_hi", "diff_lo", "diff_hi", "sum_lo",
-                                       "sum_hi")}  # fmt: skip
+            cache[key] = {name: torch.from_numpy(np.asarray(der[name], dtype=np.float64))
+                          .to(device) for name in ("box_lo", "box_hi", "dbm", "smat")}
         return cache[key]
 
     def _margin_layer(self, layer: str, z: torch.Tensor, cl: torch.Tensor,
@@ -369,7 +384,7 @@ class _PairMonitor(ClusteredMonitor):
         z64 = z.to(torch.float64)
         _, arg = self._slack_np(layer, z64.detach().cpu().numpy(), pred, preactivation)
         a = torch.from_numpy(arg).to(z.device)
-        b, kind, i, j, k = a.unbind(1)
+        b, kind, i, j = a.unbind(1)
         has = b >= 0
         b = b.clamp(min=0)
         T = self._bounds_on(layer, z.device)
@@ -378,14 +393,14 @@ class _PairMonitor(ClusteredMonitor):
         ui, uj = (torch.relu(zi), torch.relu(zj)) if preactivation else (zi, zj)
         m = torch.where(kind == K_BOX_LO, zi - T["box_lo"][b, i], T["box_hi"][b, i] - zi)
         m = torch.where(kind == K_BOX_HI_RELU, T["box_hi"][b, i] - torch.relu(zi), m)
-        if T["diff_lo"].shape[1]:
+        if self.dims_[layer] > 1:  # the same float64 operations as the kernel: equal values
             t = ui - uj
-            m = torch.where(kind == K_DIFF_LO, (t - T["diff_lo"][b, k]) / SQRT2, m)
-            m = torch.where(kind == K_DIFF_HI, (T["diff_hi"][b, k] - t) / SQRT2, m)
-        if T["sum_lo"].shape[1]:
-            t = ui + uj
-            m = torch.where(kind == K_SUM_LO, (t - T["sum_lo"][b, k]) / SQRT2, m)
-            m = torch.where(kind == K_SUM_HI, (T["sum_hi"][b, k] - t) / SQRT2, m)
+            m = torch.where(kind == K_DIFF_LO, (t - (-T["dbm"][b, j, i])) / SQRT2, m)
+            m = torch.where(kind == K_DIFF_HI, (T["dbm"][b, i, j] - t) / SQRT2, m)
+            if self.families == 2:
+                t = ui + uj
+                m = torch.where(kind == K_SUM_LO, (t - (-T["smat"][b, j, i])) / SQRT2, m)
+                m = torch.where(kind == K_SUM_HI, (T["smat"][b, i, j] - t) / SQRT2, m)
         m = torch.where(has, m, torch.full_like(m, -math.inf))
         return cast_keep_sign(m, z.dtype)
 
@@ -424,7 +439,7 @@ class _PairMonitor(ClusteredMonitor):
         layer = self.layers_[0] if layer is None else layer
         if layer not in self.layers_:
             raise BoxhackError(f"layer {layer!r} is not monitored; monitored: {self.layers_}")
-        src = self.state_[layer] if tight else self.derived_[layer]
+        src = self.state_[layer] if tight else self._widened(self.state_[layer])
         sel = slice(None)
         if cls is not None:
             sel = self.state_[layer]["cluster_class"] == int(cls)

@@ -475,3 +475,30 @@ def test_fit_on_a_model_predict_and_forward_margin():
         assert acc[:50].sum() > 0  # training inputs are among them
         assert m.accepts(model, inputs).all()
         assert m.score_inputs(model, inputs[:5]).shape == (5,)
+
+
+# ----------------------------------------------------------------------------- the reference
+def test_reference_deviations_script():
+    """scripts/reference_deviations.py: at relative eps 0 the reference rules decide exactly
+    as boxhack; its relative pair tolerance barely widens; its absolute octagon rejects every
+    training vector."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reference_deviations.py"
+    spec = importlib.util.spec_from_file_location("reference_deviations", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = {(r["abstraction"], r["tolerance"], r["eps"]): r for r in mod.run(0)}
+    for kind in ("box", "ball", "zone", "octagon"):
+        assert rows[kind, "relative", 0.0]["decisions_differ"] == 0
+        assert rows[kind, "relative", 0.0]["boxhack_train"] == 1.0
+    for kind in ("box", "ball"):
+        assert all(r["decisions_differ"] == 0 for k, r in rows.items() if k[0] == kind)
+    for kind in ("zone", "octagon"):
+        ours, ref = rows[kind, "relative", 0.5], rows[kind, "relative", 0.0]
+        assert ours["boxhack_fresh"] - ref["boxhack_fresh"] > 0.15
+        assert ours["reference_fresh"] - ref["reference_fresh"] < 0.06
+    for eps in (0.0, 0.5):
+        r = rows["octagon", "absolute", eps]
+        assert r["reference_train"] == 0.0 and r["boxhack_train"] == 1.0

@@ -102,12 +102,26 @@ def widen_radius2(r2: np.float32, tolerance: float, relative: bool) -> np.float3
 # ----------------------------------------------------------------------------- kernels
 @njit()
 def _sq(z, r, center, b):  # pragma: no cover - compiled
+    """||z[r] - center[b]||^2 in float64, four partial sums (the error bound of ``_side``
+    holds for any order of a sum of non-negative terms)."""
     d = z.shape[1]
-    acc = 0.0
-    for i in range(d):
-        t = z[r, i] - np.float64(center[b, i])
-        acc += t * t
-    return acc
+    a0 = a1 = a2 = a3 = 0.0
+    i = 0
+    while i + 4 <= d:
+        t0 = np.float64(z[r, i]) - np.float64(center[b, i])
+        t1 = np.float64(z[r, i + 1]) - np.float64(center[b, i + 1])
+        t2 = np.float64(z[r, i + 2]) - np.float64(center[b, i + 2])
+        t3 = np.float64(z[r, i + 3]) - np.float64(center[b, i + 3])
+        a0 += t0 * t0
+        a1 += t1 * t1
+        a2 += t2 * t2
+        a3 += t3 * t3
+        i += 4
+    while i < d:
+        t0 = np.float64(z[r, i]) - np.float64(center[b, i])
+        a0 += t0 * t0
+        i += 1
+    return (a0 + a1) + (a2 + a3)
 
 
 @njit()
@@ -225,12 +239,11 @@ class MeanBallMonitor(ClusteredMonitor):
         return self._resolve(layer, z, pred, code), val, nov, arg
 
     def _accept_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
-        z = x.astype(np.float64)
         der = self.derived_[layer]
-        code = np.empty(len(z), np.int8)
-        _ball_accept(len(z), z, pred, der["start"], der["count"], self.state_[layer]["center"],
+        code = np.empty(len(x), np.int8)
+        _ball_accept(len(x), x, pred, der["start"], der["count"], self.state_[layer]["center"],
                      der["radius2"], code)
-        return self._resolve(layer, z, pred, code)
+        return self._resolve(layer, x, pred, code)
 
     def _decision_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
         accepted, val, _, _ = self._values(layer, x, pred)

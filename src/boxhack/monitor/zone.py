@@ -45,7 +45,7 @@ from boxhack.monitor.base import (
     round_up_f32,
     widen_intervals,
 )
-from boxhack.monitor.jit import kernel, prange
+from boxhack.monitor.jit import kernel, njit, prange
 from boxhack.monitor.registry import register
 
 __all__ = ["DEFAULT_MAX_MEMORY", "OctagonMonitor", "ZoneMonitor", "max_width", "pair_bytes"]
@@ -113,34 +113,46 @@ def _accept(x, pred, start, count, blo, bhi, dbm, smat, sign, use_sum,
             out):  # pragma: no cover - compiled
     """out[r]: x[r] satisfies every constraint of one of class pred[r]'s clusters."""
     n, d = x.shape
-    for r in prange(n):
-        c = pred[r]
-        inside = False
+    for chunk in prange((n + 255) // 256):  # one float64 row buffer per 256 rows
         v = np.empty(d)
+        for r in range(chunk * 256, min(n, chunk * 256 + 256)):
+            out[r] = _accept_row(x, r, pred[r], start, count, blo, bhi, dbm, smat, sign,
+                                 use_sum, v)
+
+
+@njit()
+def _accept_row(x, r, c, start, count, blo, bhi, dbm, smat, sign, use_sum,
+                v):  # pragma: no cover - compiled
+    """Box sides first (most rejections end there); the row is widened to float64 only for
+    a cluster whose box contains it, then the pair matrices row by row."""
+    d = x.shape[1]
+    converted = False
+    for b in range(start[c], start[c] + count[c]):
+        ok = True
         for i in range(d):
-            v[i] = x[r, i]
-        for b in range(start[c], start[c] + count[c]):
-            ok = True
-            for i in range(d):
-                if not (blo[b, i] <= x[r, i] <= bhi[b, i]):
-                    ok = False
-                    break
-            if ok:
-                for i in range(d):
-                    vi = v[i]
-                    bad = 0
-                    for j in range(d):
-                        bad += (vi - v[j]) > dbm[b, i, j]
-                    if use_sum:
-                        for j in range(d):
-                            bad += (sign[i, j] * (vi + v[j])) > smat[b, i, j]
-                    if bad:
-                        ok = False
-                        break
-            if ok:
-                inside = True
+            if not (blo[b, i] <= x[r, i] <= bhi[b, i]):
+                ok = False
                 break
-        out[r] = inside
+        if not ok:
+            continue
+        if not converted:
+            for i in range(d):
+                v[i] = x[r, i]
+            converted = True
+        for i in range(d):
+            vi = v[i]
+            bad = 0
+            for j in range(d):
+                bad += (vi - v[j]) > dbm[b, i, j]
+            if use_sum:
+                for j in range(d):
+                    bad += (sign[i, j] * (vi + v[j])) > smat[b, i, j]
+            if bad:
+                ok = False
+                break
+        if ok:
+            return True
+    return False
 
 
 @kernel

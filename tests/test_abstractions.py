@@ -502,3 +502,20 @@ def test_reference_deviations_script():
     for eps in (0.0, 0.5):
         r = rows["octagon", "absolute", eps]
         assert r["reference_train"] == 0.0 and r["boxhack_train"] == 1.0
+
+
+def test_margin_sign_helpers():
+    from boxhack.monitor.base import cast_keep_sign, fix_margin_sign
+
+    for dt in (torch.float32, torch.float64):
+        m = torch.tensor([1.0, -1.0, 0.0, np.inf, -np.inf, 2.0, -3.0], dtype=dt,
+                         requires_grad=True)
+        acc = torch.tensor([False, True, False, False, True, True, False])
+        out = fix_margin_sign(m, acc)
+        assert ((out >= 0) == acc).all()
+        assert out[5].item() == 2.0 and out[6].item() == -3.0  # agreeing rows untouched
+        out.sum().backward()
+        assert m.grad.tolist() == [1, 1, 1, 0, 0, 1, 1]  # straight-through where finite
+    tiny = torch.tensor([-1e-300, 1e-300, -0.5], dtype=torch.float64)
+    out = cast_keep_sign(tiny, torch.float32)
+    assert out.dtype == torch.float32 and (out >= 0).tolist() == [False, True, False]

@@ -165,8 +165,9 @@ def fix_margin_sign(m: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
         return m
     tiny = _smallest_subnormal(m.dtype)
     target = torch.where(accepted, torch.zeros_like(m), torch.full_like(m, -tiny))
-    delta = torch.where(bad, target - m.detach(), torch.zeros_like(m))
-    return m + delta
+    finite = torch.isfinite(m)
+    through = target + (m - m.detach())  # value: target exactly; gradient: m's
+    return torch.where(bad, torch.where(finite, through, target), m)
 
 
 def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -519,3 +519,24 @@ def test_margin_sign_helpers():
     tiny = torch.tensor([-1e-300, 1e-300, -0.5], dtype=torch.float64)
     out = cast_keep_sign(tiny, torch.float32)
     assert out.dtype == torch.float32 and (out >= 0).tolist() == [False, True, False]
+
+
+def test_parallel_and_serial_kernels_agree(monkeypatch):
+    from boxhack.monitor import jit
+
+    x, y = post_relu_data(n=200, d=6, seed=11)
+    q = boundary_queries(x, seed=12, n=300)
+    pred = np.random.default_rng(2).integers(0, 3, len(q))
+    monitors = [ZoneMonitor(2), OctagonMonitor(2), MeanBallMonitor(2), PatternMonitor(gamma=1)]
+    for m in monitors:
+        m.fit_features(x, y)
+    monkeypatch.setenv("BOXHACK_KERNEL_THREADS", "1")
+    serial = [(m.accepts_features(q, pred), m.decision_function(q, pred),
+               m.novelty_score(q, pred)) for m in monitors]
+    monkeypatch.delenv("BOXHACK_KERNEL_THREADS")
+    monkeypatch.setattr(jit, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(jit, "contended", lambda: False)
+    for m, (acc, dec, nov) in zip(monitors, serial):
+        assert np.array_equal(m.accepts_features(q, pred), acc)
+        assert np.array_equal(m.decision_function(q, pred), dec)
+        assert np.array_equal(m.novelty_score(q, pred), nov)

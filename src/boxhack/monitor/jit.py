@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 
 try:  # pragma: no cover - depends on the installation
     from numba import njit as _njit
@@ -55,11 +56,23 @@ def contended() -> bool:
     return bool(_load[1])
 
 
+def _twin(fn, suffix: str):
+    """A copy of ``fn`` under another name: numba's on-disk cache keys entries by the
+    function's qualified name and line, not by the compile options, so without it the
+    parallel and the serial compilation would load each other's cached code."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                              fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__module__ = fn.__module__
+    twin.__doc__ = fn.__doc__
+    return twin
+
+
 class Kernel:
     """A row-parallel kernel and its serial twin; call ``kernel(rows, *args)``."""
 
     def __init__(self, fn):
-        self.parallel = njit(parallel=True)(fn)
+        self.parallel = njit(parallel=True)(_twin(fn, "__parallel"))
         self.serial = njit(parallel=False)(fn)
         self.__doc__ = fn.__doc__
 

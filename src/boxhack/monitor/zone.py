@@ -124,17 +124,17 @@ def _accept(x, pred, start, count, blo, bhi, dbm, smat, sign, use_sum,
 def _accept_row(x, r, c, start, count, blo, bhi, dbm, smat, sign, use_sum,
                 v):  # pragma: no cover - compiled
     """Box sides first (most rejections end there); the row is widened to float64 only for
-    a cluster whose box contains it, then the pair matrices row by row."""
+    a cluster whose box contains it, then the pair matrices row by row. (Features are finite:
+    the caller rejects NaN.)"""
     d = x.shape[1]
     converted = False
     for b in range(start[c], start[c] + count[c]):
-        ok = True
+        out = 0  # branch-free (vectorised) box test: cheaper than an early exit's mispredicts
         for i in range(d):
-            if not (blo[b, i] <= x[r, i] <= bhi[b, i]):
-                ok = False
-                break
-        if not ok:
+            out += (x[r, i] < blo[b, i]) | (x[r, i] > bhi[b, i])
+        if out:
             continue
+        ok = True
         if not converted:
             for i in range(d):
                 v[i] = x[r, i]

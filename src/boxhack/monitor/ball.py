@@ -101,24 +101,24 @@ def widen_radius2(r2: np.float32, tolerance: float, relative: bool) -> np.float3
 
 # ----------------------------------------------------------------------------- kernels
 @njit()
-def _sq(z, r, center, b):  # pragma: no cover - compiled
-    """||z[r] - center[b]||^2 in float64, four partial sums (the error bound of ``_side``
-    holds for any order of a sum of non-negative terms)."""
-    d = z.shape[1]
+def _sq(v, center, b):  # pragma: no cover - compiled
+    """||v - center[b]||^2 in float64 (v: the row as float64), four partial sums: the error
+    bound of ``_side`` holds for any order of a sum of non-negative terms."""
+    d = v.shape[0]
     a0 = a1 = a2 = a3 = 0.0
     i = 0
     while i + 4 <= d:
-        t0 = np.float64(z[r, i]) - np.float64(center[b, i])
-        t1 = np.float64(z[r, i + 1]) - np.float64(center[b, i + 1])
-        t2 = np.float64(z[r, i + 2]) - np.float64(center[b, i + 2])
-        t3 = np.float64(z[r, i + 3]) - np.float64(center[b, i + 3])
+        t0 = v[i] - center[b, i]
+        t1 = v[i + 1] - center[b, i + 1]
+        t2 = v[i + 2] - center[b, i + 2]
+        t3 = v[i + 3] - center[b, i + 3]
         a0 += t0 * t0
         a1 += t1 * t1
         a2 += t2 * t2
         a3 += t3 * t3
         i += 4
     while i < d:
-        t0 = np.float64(z[r, i]) - np.float64(center[b, i])
+        t0 = v[i] - center[b, i]
         a0 += t0 * t0
         i += 1
     return (a0 + a1) + (a2 + a3)
@@ -137,18 +137,24 @@ def _side(s, r2, d):  # pragma: no cover - compiled
 
 @kernel
 def _ball_accept(z, pred, start, count, center, radius2, code):  # pragma: no cover - compiled
+    """code[r]: 1 inside a ball of class pred[r], 0 outside all, 2 too close to call.
+    ``center``: float64 (B, d)."""
     n, d = z.shape
-    for r in prange(n):
-        c = pred[r]
-        out = 0
-        for b in range(start[c], start[c] + count[c]):
-            side = _side(_sq(z, r, center, b), np.float64(radius2[b]), d)
-            if side == 1:
-                out = 1
-                break
-            if side == 2:
-                out = 2
-        code[r] = out
+    for chunk in prange((n + 255) // 256):  # one float64 row buffer per 256 rows
+        v = np.empty(d)
+        for r in range(chunk * 256, min(n, chunk * 256 + 256)):
+            for i in range(d):
+                v[i] = z[r, i]
+            c = pred[r]
+            out = 0
+            for b in range(start[c], start[c] + count[c]):
+                side = _side(_sq(v, center, b), np.float64(radius2[b]), d)
+                if side == 1:
+                    out = 1
+                    break
+                if side == 2:
+                    out = 2
+            code[r] = out
 
 
 @kernel
@@ -162,7 +168,7 @@ def _ball_values(z, pred, start, count, center, radius2, code, val, nov,
         out = 0
         best, bb, low = -np.inf, -1, np.inf
         for b in range(start[c], start[c] + count[c]):
-            s = _sq(z, r, center, b)
+            s = _sq(z[r], center, b)
             r2 = np.float64(radius2[b])
             side = _side(s, r2, d)
             if side == 1:
@@ -209,7 +215,8 @@ class MeanBallMonitor(ClusteredMonitor):
         tol, rel = float(self.tolerance), bool(self.relative_tolerance)
         r2 = np.array([widen_radius2(v, tol, rel) for v in state["radius2"]], dtype=np.float32)
         start, count = self.cluster_layout(state["cluster_class"], self.n_classes_)
-        return {"radius2": r2, "start": start, "count": count, "torch": {}}
+        return {"radius2": r2, "start": start, "count": count, "torch": {},
+                "center64": state["center"].astype(np.float64)}
 
     # ------------------------------------------------------------------ exact decisions
     def _resolve(self, layer: str, z: np.ndarray, pred: np.ndarray, code: np.ndarray
@@ -234,14 +241,14 @@ class MeanBallMonitor(ClusteredMonitor):
         code = np.empty(n, np.int8)
         val, nov = np.empty(n), np.empty(n)
         arg = np.empty(n, np.int64)
-        _ball_values(n, z, pred, der["start"], der["count"], self.state_[layer]["center"],
+        _ball_values(n, z, pred, der["start"], der["count"], der["center64"],
                      der["radius2"], code, val, nov, arg)
         return self._resolve(layer, z, pred, code), val, nov, arg
 
     def _accept_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
         der = self.derived_[layer]
         code = np.empty(len(x), np.int8)
-        _ball_accept(len(x), x, pred, der["start"], der["count"], self.state_[layer]["center"],
+        _ball_accept(len(x), x, pred, der["start"], der["count"], der["center64"],
                      der["radius2"], code)
         return self._resolve(layer, x, pred, code)
 

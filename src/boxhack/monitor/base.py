@@ -49,10 +49,14 @@ __all__ = [
     "FORMAT",
     "ClusteredMonitor",
     "Monitor",
+    "array_problem",
+    "cast_keep_sign",
     "check_param",
+    "fix_margin_sign",
     "is_int",
     "round_down_f32",
     "round_up_f32",
+    "widen_intervals",
 ]
 
 FORMAT = "boxhack-monitor"
@@ -81,6 +85,21 @@ def round_up_f32(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def widen_intervals(lo: np.ndarray, hi: np.ndarray, tolerance: float, relative: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Widen float32 intervals ``[lo, hi]`` by the tolerance rule shared by every
+    interval-shaped constraint (box sides, pair differences and sums): relative moves each end
+    by ``tolerance / 2 * (hi - lo)`` (a flat interval stays flat), absolute by ``tolerance``.
+    Computed in float64 from the float32 ends, rounded outward to float32."""
+    lo = np.asarray(lo, dtype=np.float32)
+    hi = np.asarray(hi, dtype=np.float32)
+    if tolerance == 0:
+        return lo.copy(), hi.copy()
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    pad = (tolerance / 2.0) * (hi64 - lo64) if relative else np.full_like(lo64, tolerance)
+    return round_down_f32(lo64 - pad), round_up_f32(hi64 + pad)
+
+
 def is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
@@ -92,6 +111,63 @@ def is_real(v: Any) -> bool:
 def check_param(owner: str, name: str, value: Any, ok: bool, want: str) -> None:
     if not ok:
         raise BoxhackError(f"{owner} parameter {name}={value!r} is invalid: {want}")
+
+
+def array_problem(state: Mapping[str, np.ndarray], name: str, dtype: Any, shape: tuple,
+                  *, finite: bool = True) -> str | None:
+    """What is wrong with ``state[name]`` (missing, dtype, shape, non-finite), or ``None``.
+    A ``-1`` in ``shape`` matches any length."""
+    a = state.get(name)
+    if a is None:
+        return f"array {name!r} is missing"
+    want = np.dtype(dtype)
+    if a.dtype != want:
+        return f"{name} has dtype {a.dtype}, expected {want}"
+    if a.ndim != len(shape) or any(w != -1 and w != g for w, g in zip(shape, a.shape)):
+        return f"{name} has shape {a.shape}, expected {tuple('any' if w == -1 else w for w in shape)}"
+    if finite and np.issubdtype(a.dtype, np.floating) and a.size and not np.isfinite(a).all():
+        return f"{name} contains NaN or infinite values"
+    return None
+
+
+def cast_keep_sign(m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast a (float64) margin to ``dtype`` keeping its sign: a negative value too small for
+    ``dtype`` would round to -0.0, which compares ``>= 0``; it becomes the smallest negative
+    subnormal instead (so ``margin >= 0`` stays exactly the decision)."""
+    if m.dtype == dtype:
+        return m
+    out = m.to(dtype)
+    lost = (m < 0) & (out >= 0)
+    if bool(lost.any()):
+        tiny = torch.tensor(-_smallest_subnormal(dtype), dtype=dtype, device=out.device)
+        out = torch.where(lost, tiny, out)
+    return out
+
+
+def _smallest_subnormal(dtype: torch.dtype) -> float:
+    return float(np.nextafter(np.zeros((), dtype=np.float32 if dtype == torch.float32
+                                       else np.float64), 1))
+
+
+def fix_margin_sign(m: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+    """Force ``m >= 0`` exactly where ``accepted`` (straight-through: the value changes only
+    where the sign disagreed, the gradient is always that of ``m``).
+
+    For abstractions whose exact decision is not a float comparison of ``m`` itself (balls:
+    exact real arithmetic; patterns: the bit at exactly 0; hulls: an LP) the margin is
+    computed in floating point and then made to agree with the exact decision. A rejected
+    row whose computed margin is ``>= 0`` gets the smallest negative subnormal; an accepted
+    row whose margin is negative gets 0.
+    """
+    accepted = accepted.to(device=m.device, dtype=torch.bool)
+    bad = torch.where(accepted, m < 0, m >= 0)
+    if not bool(bad.any()):
+        return m
+    tiny = _smallest_subnormal(m.dtype)
+    target = torch.where(accepted, torch.zeros_like(m), torch.full_like(m, -tiny))
+    finite = torch.isfinite(m)
+    through = target + (m - m.detach())  # value: target exactly; gradient: m's
+    return torch.where(bad, torch.where(finite, through, target), m)
 
 
 def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,6 +299,10 @@ class Monitor:
                            n_classes: int) -> str | None:
         """Validate a loaded layer state; return what is wrong, or ``None``."""
         return None
+
+    def _describe_layer(self, layer: str) -> dict[str, Any]:
+        """JSON-able facts about a fitted layer for :meth:`summary` (e.g. sets per class)."""
+        return {}
 
     # ------------------------------------------------------------------ input checking
     def _feature_dict(self, features: Any, what: str, *, fitting: bool = False
@@ -546,6 +626,7 @@ class Monitor:
             "dims": dict(self.dims_),
             "n_classes": self.n_classes_,
             "n_fit_per_class": self.n_fit_.tolist(),
+            "layer_state": {layer: self._describe_layer(layer) for layer in self.layers_},
             "metadata": dict(self.metadata_),
         }
 
@@ -679,6 +760,48 @@ class ClusteredMonitor(Monitor):
             x, n_clusters=self.n_clusters, threshold=float(self.clustering_threshold),
             max_clusters=int(self.max_clusters), seed=int(self.seed), n_init=int(self.n_init),
         )
+
+    def _cluster_rows(self, x: np.ndarray, starts: np.ndarray):
+        """All clusters of all classes: ``(rows, cluster_class int64 (B,), cluster_count int64
+        (B,))`` where ``rows[b]`` are cluster b's float32 rows; classes in order."""
+        rows, cls = [], []
+        for c, r, _ in self._clustered(x, starts):
+            rows.append(r)
+            cls.append(c)
+        return (rows, np.asarray(cls, dtype=np.int64).reshape(-1),
+                np.asarray([len(r) for r in rows], dtype=np.int64).reshape(-1))
+
+    @staticmethod
+    def cluster_layout(cluster_class: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(start, count)`` int64 (n_classes,): class c's sets are rows
+        ``start[c]:start[c] + count[c]`` of the (class-sorted) state arrays."""
+        counts = np.bincount(cluster_class, minlength=n_classes).astype(np.int64)
+        start = np.zeros(n_classes, dtype=np.int64)
+        start[1:] = np.cumsum(counts)[:-1]
+        return start, counts
+
+    @staticmethod
+    def _cluster_problem(state: Mapping[str, np.ndarray], n_classes: int) -> str | None:
+        """Check the ``cluster_class``/``cluster_count`` arrays every clustered state holds."""
+        problem = array_problem(state, "cluster_class", np.int64, (-1,))
+        if problem:
+            return problem
+        cc = state["cluster_class"]
+        problem = array_problem(state, "cluster_count", np.int64, (len(cc),))
+        if problem:
+            return problem
+        if len(cc) and (cc.min() < 0 or cc.max() >= n_classes):
+            return f"cluster_class holds a class outside 0..{n_classes - 1}"
+        if np.any(np.diff(cc) < 0):
+            return "cluster_class is not sorted by class"
+        if len(cc) and state["cluster_count"].min() < 1:
+            return "cluster_count has a cluster without training vectors"
+        return None
+
+    def _describe_layer(self, layer: str) -> dict[str, Any]:
+        cc = self.state_[layer]["cluster_class"]
+        return {"n_sets": len(cc),
+                "sets_per_class": np.bincount(cc, minlength=self.n_classes_).tolist()}
 
     def _clustered(self, x: np.ndarray, starts: np.ndarray):
         """Yield ``(class, cluster rows (float32), cluster centre (float64))`` for every

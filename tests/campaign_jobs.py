@@ -58,3 +58,21 @@ def torch_threads(params: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     return {"threads": torch.get_num_threads()}
+
+
+def sleeps_with_sandbox(params: dict[str, Any]) -> dict[str, Any]:
+    """Record this worker's pid, then run a sandbox task that records its own pid and sleeps:
+    a campaign job holding a worker process and a sandbox process (for the kill tests)."""
+    from boxhack.attacks.sandbox import run_task
+
+    (Path(params["pids"]) / f"worker-{os.getpid()}").touch()
+    outcome = run_task("campaign_jobs:sandbox_sleep",
+                       {"pids": params["pids"], "sleep": params["sleep"]})
+    return {"status": outcome.status}
+
+
+def sandbox_sleep(args: dict[str, Any], ctx: Any) -> str:
+    """A sandbox task (runs in the sandbox's own process): record the pid, sleep."""
+    (Path(args["pids"]) / f"sandbox-{os.getpid()}").touch()
+    time.sleep(float(args["sleep"]))
+    return "slept"

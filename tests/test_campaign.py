@@ -108,6 +108,81 @@ def test_sigkill_midway_resumes_with_no_row_lost_or_doubled(tmp_path: Path) -> N
     assert all(r["result"] == expected_square(r["params"]["x"]) for r in resumed)
 
 
+# --- 1b. killing the campaign kills every process it started -----------------------------
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """Live (not zombie) processes of session ``sid``: pid -> "name (state)"."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if int(session) == sid and state not in ("Z", "X"):
+            found[int(entry.name)] = f"{name} ({state})"
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inspects /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_a_campaign_ends_its_workers_and_their_sandboxes(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    out = tmp_path / "rows.jsonl"
+    script = (
+        "import campaign_jobs\n"
+        "from boxhack.experiments.campaign import run_campaign\n"
+        f"run_campaign(campaign_jobs.make_jobs(4, sleep=600, pids={str(pids)!r}), "
+        f"campaign_jobs.sleeps_with_sandbox, {str(out)!r}, n_jobs=2, progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own session: find all it started
+    try:
+        deadline = time.monotonic() + 300  # generous: a busy machine imports torch slowly
+        while len(list(pids.glob("sandbox-*"))) < 2:
+            if proc.poll() is not None:
+                pytest.fail(f"campaign exited early: {proc.stderr.read().decode()[-3000:]}")
+            assert time.monotonic() < deadline, "the jobs never started their sandboxes"
+            time.sleep(0.05)
+        started = [int(p.name.split("-")[1]) for p in pids.iterdir()]
+        members = session_processes(proc.pid)
+        assert set(started) <= set(members), (started, members)
+        assert len(members) >= 5  # the campaign, 2 workers, 2 sandbox processes (+ helpers)
+
+        os.kill(proc.pid, sig)  # the parent only: its children must follow by themselves
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 30
+        while (left := session_processes(proc.pid)) or any(alive(p) for p in started):
+            assert time.monotonic() < deadline, f"still running after the kill: {left}"
+            time.sleep(0.1)
+        if sig == signal.SIGTERM:  # stopped by its handler, not by the default action
+            assert proc.returncode != -signal.SIGTERM
+            assert b"Terminated" in proc.stderr.read()
+        assert count_lines(out) == 0  # no job finished: no row; a resume runs them all
+    finally:
+        for pid in session_processes(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
 # --- 2. an incomplete last line ------------------------------------------------------------
 
 
@@ -309,6 +384,35 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
             scheduler="tcp://127.0.0.1:1",
             progress=False,
         )
+
+
+@pytest.mark.parametrize("address", ["garbage://x", "tcp://hostonly", "", "localhost"])
+def test_a_malformed_scheduler_address_is_refused_before_anything_is_written(
+    tmp_path: Path, address: str
+) -> None:
+    pytest.importorskip("distributed")
+    out = tmp_path / "sub" / "r.jsonl"
+    with pytest.raises(BoxhackError, match=r"tcp://HOST:PORT") as info:
+        run_campaign(campaign_jobs.make_jobs(1), campaign_jobs.square, out,
+                     scheduler=address, progress=False)
+    assert "\n" not in str(info.value)
+    assert not out.parent.exists()  # said at once: no connection attempt, no file
+
+
+@pytest.mark.parametrize("experiment", ["solvers", "adversarial", "combined", "gradient"])
+def test_experiment_commands_refuse_a_malformed_scheduler_in_one_line(
+    tmp_path: Path, capsys, experiment: str
+) -> None:
+    pytest.importorskip("distributed")
+    from boxhack.cli import main
+
+    out = tmp_path / "out"
+    argv = ["experiment", experiment, "--out", str(out), "--scheduler", "garbage://x"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "not a Dask scheduler address" in lines[0]
+    assert "tcp://HOST:PORT" in lines[0]
+    assert not out.exists()
 
 
 # --- 6. in-process mode, bad grids, misuse -------------------------------------------------

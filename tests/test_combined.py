@@ -5,7 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from stored_attacks import recheck_rows
 
+from boxhack.attacks.records import within_budget
 from boxhack.errors import BoxhackError
 from boxhack.experiments.combined import CombinedResult, combined_attack
 
@@ -33,12 +35,13 @@ def test_combined_attack_gradient_repair(small):
     # stages: the attack alone, the repair, or failed; the final check has the last word
     first_ok = (res.first.pred != y) & res.first.accepted
     assert np.array_equal(res.stage == "adversarial", first_ok & res.final.success)
-    assert np.array_equal(res.stage != "failed", res.final.success)
+    assert np.array_equal(~np.isin(res.stage, ["failed", "already"]), res.final.success)
     repaired = np.isin(res.stage, ["repair", "fallback"])
     assert repaired.sum() > 0, "no sample needed a repair: raise epsilon in this test"
     assert res.final.success.mean() >= 0.9
-    # untouched samples keep their adversarial input exactly
+    # untouched samples keep their adversarial input exactly; stage 1 keeps its budget exactly
     assert np.array_equal(res.final.x[first_ok], res.first.x[first_ok])
+    assert within_budget(res.first.x0, res.first.x, {"norm": "linf", "eps": 0.15}).all()
     counts = res.counts()
     assert counts["final_success"] == res.final.success.sum()
     assert counts["adv_flipped_accepted"] + counts["repaired_rejected"] + \
@@ -75,12 +78,25 @@ def test_experiment_quick_rows_summary_figures(small, tmp_path):
     rows = read_rows(tmp_path / "combined" / "rows.jsonl")
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     counts = summary["counts"]
-    assert counts["samples"] == 12
+    assert counts["samples"] == 12 and counts["attacked"] == 12
     assert counts["final: misclassified and accepted"] == sum(
         sum(r["result"]["final"]["success"]) for r in rows)
-    assert counts["flipped and accepted after the attack alone"] <= \
+    assert counts["flipped and accepted after fgsm alone"] <= \
         counts["final: misclassified and accepted"]
     assert summary["paper"][0]["measured"].startswith(f"{counts['final: misclassified and accepted']}/12")
+    # a seeded, class-balanced draw of correctly classified digits (3 classes: 4 each)
+    cfg = json.loads((tmp_path / "combined" / "config.json").read_text())
+    ds = small["dataset"]
+    assert np.bincount(ds.y_test[cfg["indices"]], minlength=3).tolist() == [4, 4, 4]
+    # stored exactly: stage 1 within its budget, the final points; all hold when re-checked
+    for r in rows:
+        budgets = [rec["budget"] for rec in r["result"]["attacks"]]
+        assert {"norm": "linf", "eps": 0.15} in budgets and None in budgets
+    total, n_records = recheck_rows(tmp_path, "combined")
+    assert n_records == 4 and total.claimed > 0 and total.hold == total.claimed
+    text = json.dumps([summary["description"], summary["paper"], summary["figures"],
+                       summary["tables"][0]["title"]])
+    assert "fgsm (Linf 0.15)" in text and "10-class" not in text
     paths = [f["path"] for f in summary["figures"]]
     assert "figure9.png" in paths
     for p in paths:
@@ -107,3 +123,39 @@ def test_cli_experiment_help(capsys):
             main(["experiment", name, "--help"])
         assert exc.value.code == 0
     assert "--repair" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["adversarial", "combined", "novelty", "gradient"])
+def test_experiments_take_their_lock_before_writing_anything(tmp_path, name):
+    """A run whose experiment directory is in use is refused at once: no config, no model
+    training, nothing written (the models root stays empty)."""
+    import importlib
+
+    from boxhack.infra.locks import exclusive
+
+    module = importlib.import_module(f"boxhack.experiments.{name}")
+    with exclusive(tmp_path / name):
+        with pytest.raises(BoxhackError, match="in use"):
+            module.run(tmp_path, quick=True, n_jobs=1, progress=False,
+                       models_root=tmp_path / "models")
+        assert [p.name for p in (tmp_path / name).iterdir()] == [".lock"]
+        assert not (tmp_path / "models").exists()
+
+
+def test_sample_balanced_is_seeded_balanced_and_respects_the_mask():
+    from boxhack.data.sampling import sample_balanced
+
+    labels = np.repeat(np.arange(4), [50, 30, 5, 40])  # ordered by class, like the test split
+    mask = np.ones(len(labels), bool)
+    mask[50:60] = False
+    a = sample_balanced(labels, 24, seed=3, mask=mask)
+    assert np.array_equal(a, sample_balanced(labels, 24, seed=3, mask=mask))  # seeded
+    assert not np.array_equal(a, sample_balanced(labels, 24, seed=4, mask=mask))
+    assert np.all(np.diff(a) > 0) and mask[a].all()
+    # class 2 has only 5: it gives all of them, the others share the rest evenly
+    counts = np.bincount(labels[a], minlength=4)
+    assert counts[2] == 5 and sorted(counts[[0, 1, 3]]) == [6, 6, 7]
+    assert len(sample_balanced(labels, 10_000, seed=0, mask=mask)) == mask.sum()
+    assert len(sample_balanced(labels, 0, seed=0)) == 0
+    with pytest.raises(BoxhackError):
+        sample_balanced(labels, -1, seed=0)

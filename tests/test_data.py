@@ -136,3 +136,48 @@ def test_gzip_detected_by_content(tmp_path):
     with gzip.open(raw, "wb") as fh:
         fh.write(bytes([0, 0, 8, 2]) + np.array([3, 4], ">u4").tobytes() + arr.tobytes())
     assert np.array_equal(read_idx(raw), arr)
+
+
+# ------------------------------------------------------------------ seeded balanced samples
+def test_sample_balanced_is_balanced_seeded_and_not_the_first_n():
+    from boxhack.data.sampling import sample_balanced
+
+    y = load_dataset("mnist").y_test  # ordered by class: the first 100 are all zeros
+    assert (y[:100] == 0).all()
+    idx = sample_balanced(y, 30, seed=0)
+    assert len(idx) == 30 and len(set(idx.tolist())) == 30
+    assert np.all(np.diff(idx) > 0) and idx.dtype == np.int64
+    assert np.bincount(y[idx], minlength=10).tolist() == [3] * 10
+    np.testing.assert_array_equal(idx, sample_balanced(y, 30, seed=0))
+    assert not np.array_equal(idx, sample_balanced(y, 30, seed=1))
+    counts = np.bincount(y[sample_balanced(y, 25, seed=3)], minlength=10)
+    assert counts.sum() == 25 and counts.max() - counts.min() == 1
+
+
+def test_sample_balanced_respects_the_mask_and_fills_from_other_classes():
+    from boxhack.data.sampling import sample_balanced
+
+    y = np.repeat(np.arange(3), 10)
+    mask = np.ones(30, dtype=bool)
+    mask[10:18] = False  # class 1: only 2 eligible items
+    idx = sample_balanced(y, 12, seed=0, mask=mask)
+    assert mask[idx].all()
+    assert np.bincount(y[idx], minlength=3).tolist() == [5, 2, 5]
+    assert set(idx.tolist()) >= {18, 19}
+    # fewer eligible than asked: all of them
+    np.testing.assert_array_equal(sample_balanced(y, 40, seed=0, mask=mask), np.flatnonzero(mask))
+    assert len(sample_balanced(y, 5, seed=0, mask=np.zeros(30, dtype=bool))) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": -3}, "sample size"), ({"n": 2.5}, "sample size"),
+    ({"n": True}, "sample size"), ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"mask": np.ones(3, dtype=bool)}, "mask"), ({"mask": np.ones(10)}, "mask"),
+    ({"labels": np.zeros((2, 5), np.int64)}, "1-D"), ({"labels": np.linspace(0, 1, 10)}, "integer"),
+])  # fmt: skip
+def test_sample_balanced_errors(kwargs, message):
+    from boxhack.data.sampling import sample_balanced
+
+    args = {"labels": np.arange(10) % 2, "n": 4, "seed": 0, "mask": None, **kwargs}
+    with pytest.raises(BoxhackError, match=message):
+        sample_balanced(args["labels"], args["n"], args["seed"], args["mask"])

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from stored_attacks import recheck_rows
 
 from boxhack.cli import main as cli_main
 from boxhack.report.curves import budget_at, plot_robustness_curves, success_curve
@@ -44,8 +45,40 @@ def test_experiment_contract_resume_and_summarise(small, tmp_path):
     table = summary["tables"][0]
     by = {(r[0], r[1], r[2]): dict(zip(table["columns"], r)) for r in table["rows"]}
     for goal in ("dos", "intrude"):
-        assert by[(goal, "L2", "gradient (minimal)")]["success"] >= 0.8
-    # every per-sample verdict in the rows is a verified one: re-check a row's claims
+        cell = by[(goal, "L2", "gradient (minimal)")]
+        assert cell["success"] >= 0.8
+        assert cell["success"] == round(cell["successes"] / cell["attacked"], 3)
+    # the samples: seeded, class-balanced, from the digits each goal starts from
+    config = json.loads((exp_dir / "config.json").read_text())
+    from boxhack.experiments.zoo import prepare_monitor
+
+    model, monitor, _, data = prepare_monitor("mnist3", small["root"])
+    for goal, idx in config["samples"].items():
+        if goal not in ("dos", "intrude"):
+            continue
+        assert len(idx) == 5
+        pred, acc = monitor.predict(model, data.x_test[idx])
+        if goal == "dos":
+            assert (acc & (pred == data.y_test[idx])).all()
+        else:
+            assert not acc.any()
+        counts = np.bincount(data.y_test[idx], minlength=3)
+        assert counts.max() - counts.min() <= 1 or goal == "intrude"
+    for r in rows:  # rates are over attacked digits; 'already' ones are never successes
+        res = r["result"]
+        assert not any(s and not e for s, e in zip(res["success"], res["eligible"]))
+        assert len(res["attacks"]) == (1 if any(res["success"]) else 0)
+        if not res["attacks"]:
+            continue
+        assert sum(res["attacks"][0]["success"]) == sum(res["success"])
+        if r["params"]["attack"] == "pgd":
+            assert res["attacks"][0]["budget"] == {"norm": r["params"]["norm"],
+                                                   "eps": r["params"]["eps"]}
+    # every stored success holds when re-checked with the model and monitor it names
+    total, n_records = recheck_rows(tmp_path, "gradient")
+    assert n_records == sum(1 for r in rows if any(r["result"]["success"]))
+    assert total.claimed == sum(sum(r["result"]["success"]) for r in rows) > 0
+    assert total.hold == total.claimed
     on_disk = json.loads((exp_dir / "summary.json").read_text())
     assert on_disk["tables"] == summary["tables"]
     # resumable: a second run adds no rows; summarise alone redraws the same tables
@@ -53,6 +86,20 @@ def test_experiment_contract_resume_and_summarise(small, tmp_path):
     assert len(read_rows(exp_dir / "rows.jsonl")) == len(rows)
     again = exp.summarise(tmp_path, models_root=small["root"])
     assert again["tables"] == summary["tables"]
+
+
+def test_experiment_takes_its_lock_before_writing(small, tmp_path):
+    """A second run on the same directory is refused at once, before it writes anything."""
+    from boxhack.errors import BoxhackError
+    from boxhack.experiments import gradient as exp
+    from boxhack.infra.locks import exclusive
+
+    with exclusive(tmp_path / "gradient"):
+        before = sorted(p.name for p in (tmp_path / "gradient").iterdir())
+        with pytest.raises(BoxhackError, match="in use"):
+            exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"],
+                    **OPTS)
+        assert sorted(p.name for p in (tmp_path / "gradient").iterdir()) == before
 
 
 def test_experiment_rejects_bad_options(tmp_path):

@@ -31,7 +31,7 @@ def test_same_seed_same_weights(xor_data):
 
 
 def test_xor_network_learns(trained):
-    model, info = trained
+    _model, info = trained
     assert info["test_accuracy"] > 0.95
     assert info["architecture"] == "xor-mlp" and info["default_layer"] == "relu2"
     assert info["classes"] == [0, 1] and "torch" in info["versions"]
@@ -106,7 +106,7 @@ def test_user_model_class_and_torchscript(tmp_path, trained, xor_data):
     x = torch.as_tensor(xor_data.x_test[:20])
     ts = torch.jit.script(model)
     ts.save(str(tmp_path / "m.ts"))
-    loaded, info = load_any_model(tmp_path / "m.ts")
+    loaded, _info = load_any_model(tmp_path / "m.ts")
     assert torch.allclose(loaded(x), model(x))
     # layer taps work on the un-scripted shell
     pred, feats = collect(loaded, ["relu2", "fc1"], xor_data.x_test[:20])
@@ -124,7 +124,7 @@ def test_layer_taps(xor_data):
     names = [n for n, _, _ in list_layers(model, torch.zeros(1, 1, 28, 28))]
     assert names == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
     x = torch.rand(4, 1, 28, 28)
-    logits, feats = forward_with_layers(model, ["fc2", "relu2"], x)
+    _logits, feats = forward_with_layers(model, ["fc2", "relu2"], x)
     assert feats["fc2"].shape == (4, 32)
     assert torch.equal(torch.relu(feats["fc2"]), feats["relu2"])
     _, pre = forward_with_layers(model, ["relu2"], x, inputs=True)
@@ -133,8 +133,195 @@ def test_layer_taps(xor_data):
         get_layer(model, "fc9")
 
 
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -1e-3])
+def test_a_learning_rate_that_cannot_train_is_refused(xor_data, lr):
+    with pytest.raises(BoxhackError, match="lr > 0"):
+        train_model("xor-mlp", xor_data, epochs=1, lr=lr)
+
+
 def test_wrong_input_shape_for_net():
     with pytest.raises(BoxhackError, match="takes inputs of shape"):
         train_model("mnist-mlp", load_dataset("xor"))
     with pytest.raises(BoxhackError, match="unknown network"):
         build_model("resnet", 10)
+
+
+# --- interrupted saves and damaged cache entries -------------------------------------------
+
+
+def test_save_model_leaves_nothing_partial_when_torch_save_raises(tmp_path, trained, monkeypatch):
+    model, info = trained
+    good = save_model(model, tmp_path / "m", info)
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.flush()  # half of the file reached the disk, then the disk was full
+        f.truncate(f.tell() // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    other, _ = train_model("xor-mlp", load_dataset("xor"), epochs=1, seed=9)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(other, good, info)
+    # the old model is whole and untouched, and no temporary file is left behind
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    load_model(good)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(other, tmp_path / "fresh", info)
+    assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_the_same_weights_give_the_same_file(tmp_path, trained):
+    """model.pt's bytes (and so the SHA-256 that runs and attack records cite) depend on the
+    weights only, not on the temporary file name the atomic write used."""
+    model, info = trained
+    a = save_model(model, tmp_path / "a", info)
+    b = save_model(model, tmp_path / "b", info)
+    assert (a / "model.pt").read_bytes() == (b / "model.pt").read_bytes()
+    assert json.loads((a / "model.json").read_text())["sha256"] == load_model(b)[1]["sha256"]
+
+
+def test_save_model_writes_model_json_last(tmp_path, trained, monkeypatch):
+    """If the process dies between the weights and model.json, no model.json is left that
+    describes other weights: an overwrite removes the old one before the new weights land."""
+    model, info = trained
+    out = save_model(model, tmp_path / "m", info)
+    import boxhack.models.io as io_mod
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a kill right after the weights were renamed
+
+    monkeypatch.setattr(io_mod, "atomic_write_json", killed)
+    other, _ = train_model("xor-mlp", load_dataset("xor"), epochs=1, seed=9)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(other, out, info)
+    assert not (out / "model.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+
+
+@pytest.fixture(scope="module")
+def clean_cache(tmp_path_factory):
+    """A model cache holding the tanh network and a monitor of it, built once."""
+    from boxhack.experiments.zoo import prepare_monitor
+
+    root = tmp_path_factory.mktemp("cache")
+    prepare_monitor("tanh", root)
+    return root
+
+
+def _damage_model(directory, how):
+    meta, weights = directory / "model.json", directory / "model.pt"
+    if how == "empty model.json":
+        meta.write_bytes(b"")
+    elif how == "truncated model.pt":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "empty model.pt":
+        weights.write_bytes(b"")
+    elif how == "no model.json":
+        meta.unlink()
+    elif how == "no model.pt":
+        weights.unlink()
+    elif how == "half-written model.json":
+        meta.write_bytes(meta.read_bytes()[:40])
+
+
+@pytest.mark.parametrize("how", ["empty model.json", "truncated model.pt", "empty model.pt",
+                                 "no model.json", "no model.pt", "half-written model.json"])
+def test_a_damaged_model_cache_entry_is_rebuilt(clean_cache, tmp_path, how):
+    import shutil
+
+    from boxhack.experiments.zoo import prepare_model
+
+    root = tmp_path / "root"
+    shutil.copytree(clean_cache, root)
+    directory = root / "models" / "tanh"
+    _reference, ref_info = load_model(directory)
+    _damage_model(directory, how)
+    with pytest.raises(BoxhackError):
+        load_model(directory)  # what every later run hit before: the entry itself is broken
+    with pytest.warns(UserWarning, match="training it again"):
+        _model, info, _ = prepare_model("tanh", root)
+    assert info["sha256"] == ref_info["sha256"]  # the same seed trains the same weights
+    load_model(directory)  # whole again, for every later run
+    assert sorted(p.name for p in directory.iterdir()) == ["model.json", "model.pt"]
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_a_damaged_monitor_cache_entry_is_refitted(clean_cache, tmp_path, how):
+    import shutil
+
+    from boxhack.experiments.zoo import monitor_path, prepare_monitor
+    from boxhack.monitor import BoxMonitor
+
+    root = tmp_path / "root"
+    shutil.copytree(clean_cache, root)
+    path = monitor_path(root, "tanh", 1, 0.0, "tanh2")
+    good = path.read_bytes()
+    path.write_bytes({"truncated": good[: len(good) // 2], "empty": b"",
+                      "garbage": b"PK\x03\x04 not a zip"}[how])
+    with pytest.raises(BoxhackError):
+        BoxMonitor.load(path)
+    with pytest.warns(UserWarning, match="fitting it again"):
+        model, monitor, _, dataset = prepare_monitor("tanh", root)
+    reference = BoxMonitor.load(clean_cache / path.relative_to(root))
+    x = dataset.x_test[:200]
+    assert np.array_equal(monitor.predict(model, x)[1], reference.predict(model, x)[1])
+    BoxMonitor.load(path)
+
+
+def test_a_cached_monitor_of_other_weights_is_refitted(clean_cache, tmp_path):
+    import shutil
+
+    from boxhack.experiments.zoo import monitor_path, prepare_monitor
+    from boxhack.monitor import BoxMonitor
+
+    root = tmp_path / "root"
+    shutil.copytree(clean_cache, root)
+    path = monitor_path(root, "tanh", 1, 0.0, "tanh2")
+    old = BoxMonitor.load(path)
+    _, old_info = load_model(root / "models" / "tanh")
+    assert old.metadata_["model_sha256"] == old_info["sha256"]
+    # the cached model is replaced by other weights (e.g. rebuilt by another boxhack)
+    other, info = train_model("tanh-mlp", load_dataset("tanh"), epochs=2, seed=5)
+    save_model(other, root / "models" / "tanh", info)
+    with pytest.warns(UserWarning, match="fitted on other weights"):
+        _, monitor, info, _ = prepare_monitor("tanh", root)
+    assert monitor.metadata_["model_sha256"] == info["sha256"] != old_info["sha256"]
+
+
+# --- clear one-line errors through the CLI --------------------------------------------------
+
+
+def _one_error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("boxhack: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_user_models_and_weights_are_one_line_errors(tmp_path, trained, capsys):
+    from boxhack.cli import main
+
+    model, info = trained
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    damaged = save_model(model, tmp_path / "damaged", info)
+    (damaged / "model.pt").write_bytes(b"")
+    cases = [
+        (["--model", "torch.nn:Identity", "--weights", str(empty)], "is empty (0 bytes"),
+        (["--model", "torch.nn:Linear", "--weights", str(weights)],
+         "cannot build torch.nn:Linear without arguments"),
+        (["--model", "torch.nn:ReLU", "--weights", str(weights)], "not a trained classifier"),
+        (["--model", "math:pi", "--weights", str(weights)], "not a torch.nn.Module class"),
+        (["--model", "torch.nn:Linear"], "needs its weights"),
+        (["--model", str(empty)], "not a TorchScript file"),
+        (["--model", str(damaged)], "SHA-256"),
+        (["--model", "torch.nn:Identity", "--weights", str(tmp_path)], "is a directory"),
+    ]
+    for args, needle in cases:
+        assert main(["monitor", "layers", *args]) == 2, args
+        assert needle in _one_error_line(capsys.readouterr().err), args

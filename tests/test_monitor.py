@@ -427,3 +427,144 @@ def test_repr_params_and_summary():
     s = m.summary()
     assert s["n_classes"] == 2 and s["layers"] == ["features"]
     json.dumps(s)
+
+
+# --------------------------------------------------------------- hand-edited / garbled files
+def _meta_edit(**changes):
+    def edit(a):
+        meta = json.loads(str(a["meta"][()]))
+        for key, value in changes.items():
+            if key.startswith("params."):
+                meta["params"][key[7:]] = value
+            elif key.startswith("metadata."):
+                meta.setdefault("metadata", {})[key[9:]] = value
+            else:
+                meta[key] = value
+        a["meta"] = np.array(json.dumps(meta))
+
+    return edit
+
+
+def _set(name, value):
+    def edit(a):
+        a[name] = value(a) if callable(value) else value
+
+    return edit
+
+
+def _both(*edits):
+    def edit(a):
+        for e in edits:
+            e(a)
+
+    return edit
+
+
+def _inf_box(a, side, sign):
+    """Both the tight and the widened bound of one side set to +-inf (self-consistent)."""
+    for name in (f"tight_{side}_0", f"{side}_0"):
+        arr = a[name].copy()
+        arr[0, 0] = sign * np.inf
+        a[name] = arr
+
+
+GARBLES = {
+    # non-finite bounds: an infinite box would accept everything
+    "inf hi": (lambda a: _inf_box(a, "hi", +1), "infinite"),
+    "-inf lo": (lambda a: _inf_box(a, "lo", -1), "infinite"),
+    "inf widened hi only": (_set("hi_0", lambda a: np.full_like(a["hi_0"], np.inf)), "infinite"),
+    "nan tight": (_set("tight_lo_0", lambda a: np.full_like(a["tight_lo_0"], np.nan)), "NaN"),
+    # n_fit: counts per class
+    "n_fit strings": (_set("n_fit", np.array(["3", "2"])), "n_fit"),
+    "n_fit nan": (_set("n_fit", np.array([np.nan, 2.0])), "n_fit"),
+    "n_fit float": (_set("n_fit", np.array([2.0, 2.0])), "n_fit"),
+    "n_fit negative": (_set("n_fit", np.array([-1, 2], dtype=np.int64)), "n_fit"),
+    "n_fit wrong shape": (_set("n_fit", np.array([2, 2, 0], dtype=np.int64)), "n_fit"),
+    "n_fit missing": (lambda a: a.pop("n_fit"), "n_fit"),
+    "n_fit disagrees with boxes": (_set("n_fit", np.array([5, 2], dtype=np.int64)), "n_fit says"),
+    "n_fit bool": (_set("n_fit", np.array([True, True])), "n_fit"),
+    # metadata fields
+    "meta not a string": (_set("meta", np.array([1, 2])), "metadata record"),
+    "meta not an object": (_set("meta", np.array(json.dumps([1, 2]))), "format"),
+    "layers a string": (_meta_edit(layers="features"), "layers"),
+    "layers empty name": (_meta_edit(layers=[""]), "layers"),
+    "layers repeat": (_meta_edit(layers=["a", "a"], dims=[2, 2], n_boxes=[2, 2]), "repeat"),
+    "dims float": (_meta_edit(dims=[2.5]), "dims"),
+    "dims zero": (_meta_edit(dims=[0]), "dims"),
+    "dims string": (_meta_edit(dims=["2"]), "dims"),
+    "dims wrong width": (_meta_edit(dims=[3]), "expected float32"),
+    "n_classes string": (_meta_edit(n_classes="2"), "n_classes"),
+    "n_classes bool": (_meta_edit(n_classes=True), "n_classes"),
+    "n_classes zero": (_meta_edit(n_classes=0), "n_classes"),
+    "n_classes larger": (_meta_edit(n_classes=3), "n_fit must be 3"),
+    "n_boxes wrong": (_meta_edit(n_boxes=[5]), "boxes"),
+    "n_boxes missing": (_meta_edit(n_boxes=None), "n_boxes"),
+    "params not a dict": (_meta_edit(params=[1]), "params"),
+    "param unknown": (_meta_edit(**{"params.colour": 1}), "unknown parameters"),
+    "param tolerance nan": (_meta_edit(**{"params.tolerance": float("nan")}), "tolerance"),
+    "param tolerance negative": (_meta_edit(**{"params.tolerance": -0.5}), "tolerance"),
+    "param n_classes disagrees": (_meta_edit(**{"params.n_classes": 5}), "n_classes"),
+    "metadata a list": (_meta_edit(metadata=[1]), "metadata"),
+    "metadata hash a number": (_meta_edit(**{"metadata.model_sha256": 12}), "hash"),
+    # arrays
+    "box_class float": (_set("box_class_0", lambda a: a["box_class_0"].astype(np.float64)), "box_class"),
+    "box_class out of range": (_set("box_class_0", np.array([0, 7], dtype=np.int64)), "class indices"),
+    "box_class unsorted": (_set("box_class_0", np.array([1, 0], dtype=np.int64)), "sorted"),
+    "box_count zero": (_set("box_count_0", np.array([0, 2], dtype=np.int64)), "box_count"),
+    "box_count float": (_set("box_count_0", np.array([2.0, 2.0])), "box_count"),
+    "n_clusters wrong": (_set("n_clusters_0", np.array([2, 0], dtype=np.int64)), "n_clusters"),
+    "float64 bounds": (_set("lo_0", lambda a: a["lo_0"].astype(np.float64)), "expected float32"),
+    "lo above hi": (_both(_set("tight_lo_0", lambda a: a["tight_hi_0"] + 1),
+                          _set("lo_0", lambda a: a["tight_hi_0"] + 1)), "inconsistent"),
+    "extra array": (_set("lo_1", np.zeros((2, 2), np.float32)), "unexpected arrays"),
+}
+
+
+@pytest.mark.parametrize("case", list(GARBLES))
+def test_garbled_monitor_files_are_refused(tmp_path, case):
+    edit, message = GARBLES[case]
+    m = two_points_monitor(tolerance=0.1)
+    good = m.save(tmp_path / "good.npz")
+    _rewrite(good, tmp_path / "bad.npz", edit)
+    with pytest.raises(BoxhackError) as exc:
+        BoxMonitor.load(tmp_path / "bad.npz")
+    assert message in str(exc.value)
+    assert str(tmp_path / "bad.npz") in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_an_infinite_box_would_accept_everything_so_it_is_refused(tmp_path):
+    """The failure the check prevents: widen one class's box to +-inf in every dimension and
+    every query of that class is accepted."""
+    m = two_points_monitor()
+    path = m.save(tmp_path / "m.npz")
+
+    def infinite(a):
+        for side, sign in (("lo", -1), ("hi", 1)):
+            for name in (f"tight_{side}_0", f"{side}_0"):
+                a[name] = np.full_like(a[name], sign * np.inf)
+
+    _rewrite(path, tmp_path / "inf.npz", infinite)
+    with pytest.raises(BoxhackError, match="infinite"):
+        BoxMonitor.load(tmp_path / "inf.npz")
+    far = np.array([[1e30, -1e30]], dtype=F32)
+    assert not m.accepts_features(far, [0])[0]  # the real monitor rejects it
+
+
+def test_save_refuses_a_directory_and_unwritable_places(tmp_path):
+    m = two_points_monitor()
+    with pytest.raises(BoxhackError, match="directory"):
+        m.save(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BoxhackError, match="cannot write the monitor"):
+        m.save(blocker / "m.npz")  # parent is a file
+    m.metadata_["bad"] = object()
+    with pytest.raises(BoxhackError, match="not plain JSON"):
+        m.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_overflowing_tolerance_is_refused():
+    x = np.array([[0, 0], [3e38, 1]], dtype=F32)
+    with pytest.raises(BoxhackError, match="float32 range"):
+        BoxMonitor(n_clusters=1, tolerance=1.0).fit_features(x, [0, 0])

@@ -83,9 +83,11 @@ def test_monitor_cli_errors(run_dir, tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert main(["monitor", "evaluate", "--model", str(run_dir), "--monitor", str(bad)]) == 2
     assert "cannot read monitor file" in capsys.readouterr().err
-    assert main(["monitor", "fit", "--model", str(run_dir), "--tolerance", "-1",
-                 "--out", str(tmp_path / "y.npz")]) == 2
-    assert "tolerance=-1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["monitor", "fit", "--model", str(run_dir), "--tolerance", "-1",
+              "--out", str(tmp_path / "y.npz")])
+    assert exc.value.code == 2
+    assert "argument --tolerance: must be >= 0, got -1" in capsys.readouterr().err
     assert main(["monitor", "evaluate", "--model", str(run_dir), "--monitor",
                  str(tmp_path / "missing.npz")]) == 2
     good = tmp_path / "good.npz"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import sys
@@ -26,10 +27,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from report_fakes import fake  # needs TESTS_DIR on sys.path
-
-FAKE = "report_fakes.fake"
-BROKEN = "report_fakes.broken"
+import report_fakes  # needs TESTS_DIR on sys.path
+from report_fakes import fake
 
 
 def images(html_text: str) -> list[dict[str, str]]:
@@ -45,9 +44,10 @@ def decoded(img: dict[str, str]) -> bytes:
 
 
 @pytest.fixture
-def fake_run(tmp_path: Path) -> Path:
+def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    report_fakes.use(monkeypatch, "fake")
     out = tmp_path / "run"
-    reproduce(out, experiments=[FAKE], n_jobs=1, progress=False, solve_timeout=7, seed=3)
+    reproduce(out, n_jobs=1, progress=False, solve_timeout=7, seed=3)
     return out
 
 
@@ -90,13 +90,15 @@ def test_reproduce_passes_its_settings_to_the_experiment(fake_run: Path) -> None
                      "options": []}
     run = json.loads((fake_run / "run.json").read_text())
     assert run["experiments"]["fake"]["status"] == "ok"
-    assert run["experiments"]["fake"]["wall_s"] > 0
+    assert run["experiments"]["fake"]["module"] == "report_fakes.fake"
+    assert run["experiments"]["fake"]["timing"]["wall_s"] > 0
     assert run["config"]["seed"] == 3 and run["versions"]["boxhack"]
 
 
-def test_reproduce_passes_the_scheduler_and_options(tmp_path: Path) -> None:
+def test_reproduce_passes_the_scheduler_and_options(tmp_path: Path, monkeypatch) -> None:
     # the fake experiment runs in-process whatever it is given; only the pass-through is checked
-    reproduce(tmp_path, experiments=[FAKE], scheduler="tcp://127.0.0.1:8786", quick=True,
+    report_fakes.use(monkeypatch, "fake")
+    reproduce(tmp_path, scheduler="tcp://127.0.0.1:8786", quick=True,
               progress=False, options={"fake": {"n": 2, "extra": 1}})
     given = json.loads((tmp_path / "fake" / "given.json").read_text())
     assert given["scheduler"] == "tcp://127.0.0.1:8786" and given["quick"] is True
@@ -167,8 +169,9 @@ def test_report_of_a_missing_or_empty_directory(tmp_path: Path) -> None:
     assert "holds no experiment results yet" in text
 
 
-def test_report_without_run_record(tmp_path: Path) -> None:
+def test_report_without_run_record(tmp_path: Path, monkeypatch) -> None:
     """Experiments run one by one (no run.json): the report still renders, and says so."""
+    report_fakes.use(monkeypatch, "fake")
     fake.run(tmp_path, n_jobs=1, progress=False)
     text = render_report(tmp_path).read_text(encoding="utf-8")
     assert "no run.json here" in text and len(images(text)) == 2
@@ -193,3 +196,138 @@ def test_report_as_seen_in_headless_chromium(fake_run: Path) -> None:
     bad = check_report(broken, fake_run / "broken.png")
     assert not bad["ok"]
     assert any("could not decode" in p or "does not decode" in p for p in bad["problems"])
+
+
+# --- no code from data ----------------------------------------------------------------------
+
+EVIL = """from pathlib import Path
+with open({sentinel!r}, "a") as fh:
+    fh.write(__name__ + "\\n")
+"""
+
+
+@pytest.mark.parametrize("summarise", [True, False])
+def test_report_imports_nothing_named_by_the_run_directory(
+    fake_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, summarise: bool
+) -> None:
+    """Module files, dotted directories and run.json "module" fields are data: never imported."""
+    sentinel = tmp_path / "imported.txt"
+    code = EVIL.format(sentinel=str(sentinel))
+    # importable modules in the run directory, which is put on sys.path (as the current
+    # directory is with `python -m`): anything that imported a name found here would run them
+    monkeypatch.syspath_prepend(str(fake_run))
+    (fake_run / "evil_in_run.py").write_text(code)
+    (fake_run / "evil_record.py").write_text(code)
+    (fake_run / "evil_pkg").mkdir()
+    (fake_run / "evil_pkg" / "__init__.py").write_text(code)
+    rows = (fake_run / "fake" / "rows.jsonl").read_bytes()
+    for dotted in ("evil_pkg.sub", "this.zen"):  # importing "a.b" runs a first
+        (fake_run / dotted).mkdir()
+        (fake_run / dotted / "rows.jsonl").write_bytes(rows)
+    run_path = fake_run / "run.json"
+    run = json.loads(run_path.read_text())
+    run["experiments"]["fake"]["module"] = "evil_in_run"  # a registered name, another module
+    run["experiments"]["evil_record"] = {"module": "evil_record", "status": "error"}
+    run["order"] = ["evil_record", "fake", "evil_pkg.sub"]
+    run_path.write_text(json.dumps(run))
+    before = set(sys.modules)
+
+    argv = ["report", str(fake_run)] + ([] if summarise else ["--no-summarise"])
+    assert main(argv) == 0
+
+    new = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in
+                 ("evil_in_run", "evil_record", "evil_pkg", "this"))
+    assert new == [] and not sentinel.exists()
+    out, err = capsys.readouterr()
+    assert "Beautiful is better than ugly" not in out + err
+    for name in ("evil_pkg.sub", "this.zen", "evil_record"):
+        assert f"boxhack: unknown experiment directory {name}: ignored" in err
+    text = (fake_run / "report.html").read_text(encoding="utf-8")
+    for name in ("evil_pkg.sub", "this.zen", "evil_record"):
+        assert f"unknown experiment directory {_html_escape(name)}: ignored" in text
+    assert len(images(text)) == 2  # the registered experiment still renders, figures and all
+    assert "1 experiment(s) ok" in text  # the unknown record's "error" is not counted
+
+
+def _html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def test_a_registered_experiment_whose_module_is_missing_is_an_error(
+    fake_run: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    report_fakes.use(monkeypatch, "fake", "missing")
+    (fake_run / "missing").mkdir()
+    shutil.copy(fake_run / "fake" / "rows.jsonl", fake_run / "missing" / "rows.jsonl")
+    report, errors = rebuild_report(fake_run)
+    assert set(errors) == {"missing"}
+    assert "its module report_fakes.missing cannot be imported" in errors["missing"]
+    assert "cannot be imported" in report.read_text(encoding="utf-8")
+    assert main(["report", str(fake_run)]) == 1
+    assert "could not re-summarise missing" in capsys.readouterr().err
+
+
+def test_figures_are_numbered_once_across_the_report(tmp_path: Path, monkeypatch) -> None:
+    report_fakes.use(monkeypatch, "fake", "other")
+    report = reproduce(tmp_path / "run", n_jobs=1, progress=False)
+    text = report.read_text(encoding="utf-8")
+    imgs = images(text)
+    assert [i["data-number"] for i in imgs] == ["1", "2", "3", "4"]
+    assert [i["data-figure"] for i in imgs] == ["curves.png", "sub/squares.png"] * 2
+    captions = re.findall(r"<b>Figure (\d+)\.</b>", text)
+    assert captions == ["1", "2", "3", "4"]
+    # the second section's figures follow the first's, they do not restart at 1
+    other = text[text.index('id="exp-other"'):]
+    assert re.findall(r"<b>Figure (\d+)\.</b>", other) == ["3", "4"]
+    # a missing figure keeps its number (the next one does not take it)
+    (tmp_path / "run" / "fake" / "sub" / "squares.png").unlink()
+    text = render_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert "figure missing: sub/squares.png (file not found) (Figure 2)" in text
+    assert [i["data-number"] for i in images(text)] == ["1", "3", "4"]
+
+
+# --- clear errors for bad paths ---------------------------------------------------------------
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("boxhack: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """An existing directory this process cannot create files in."""
+    if os.geteuid() != 0:
+        d = tmp_path / "readonly"
+        d.mkdir()
+        d.chmod(0o555)
+        return d
+    d = Path("/proc/self")  # root ignores permission bits; /proc refuses new files to anyone
+    if not d.is_dir():
+        pytest.skip("running as root without /proc: no directory root cannot write into")
+    return d
+
+
+def test_report_paths_that_cannot_work_are_one_line_errors(
+    fake_run: Path, tmp_path: Path, capsys
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (["report", str(fake_run), "--out", str(tmp_path)], "is a directory"),
+        (["report", str(fake_run), "--out", str(a_file / "r.html")], "is a file"),
+        (["report", str(a_file)], "is a file"),
+        (["report", str(fake_run), "--no-summarise", "--out", str(a_file / "r.html")],
+         "is a file"),
+        (["report", str(fake_run), "--out", str(unwritable_dir(tmp_path) / "r.html")],
+         "writ"),
+        (["report", str(unwritable_dir(tmp_path))], "writ"),
+    ]
+    before = (fake_run / "report.html").read_bytes()
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        assert needle in one_error_line(capsys.readouterr().err), argv
+    assert (fake_run / "report.html").read_bytes() == before

@@ -4,8 +4,12 @@ recorded without losing the other experiments, and the CLI's exit codes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +18,15 @@ import pytest
 from boxhack.cli import main
 from boxhack.errors import BoxhackError
 from boxhack.experiments import novelty
-from boxhack.experiments import reproduce as reproduce_mod
+from boxhack.experiments.reproduce import comparable, failed_experiments, reproduce
 from boxhack.infra.jsonl import read_rows
-from boxhack.experiments.reproduce import failed_experiments, reproduce
 from boxhack.report.html import _ImgParser
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
+
+import report_fakes  # needs TESTS_DIR on sys.path
 
 # A small grid so the test trains one network: the 0-4 digits one, k in {1, 3}, tol in {0, 0.25}.
 NOVELTY = {"networks": ["mnist0-4"], "clusters": [1, 3], "tolerances": [0.0, 0.25]}
@@ -135,24 +140,26 @@ def test_reproduce_rejects_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_a_failing_experiment_keeps_the_others(tmp_path: Path, monkeypatch, capsys) -> None:
+    report_fakes.use(monkeypatch, "broken", "fake", "missing")
     out = tmp_path / "run"
-    report = reproduce(out, experiments=["report_fakes.broken", "report_fakes.fake",
-                                         "report_fakes.missing"],
-                       n_jobs=1, progress=False, solve_timeout=5)
+    report = reproduce(out, n_jobs=1, progress=False, solve_timeout=5)
     failed = failed_experiments(out)
-    # solve_timeout goes only to a run() that names it: not to broken's **options
-    assert failed == {"broken": "RuntimeError: broken on purpose; options=[]"}
+    # solve_timeout goes only to a run() that names it: not to broken's **options. A
+    # registered module that is missing is an error (a broken installation), never "skipped".
+    assert set(failed) == {"broken", "missing"}
+    assert failed["broken"] == "RuntimeError: broken on purpose; options=[]"
+    assert "its module report_fakes.missing cannot be imported" in failed["missing"]
     run = json.loads((out / "run.json").read_text())
     assert run["experiments"]["fake"]["status"] == "ok"
-    assert run["experiments"]["missing"]["status"] == "skipped"
+    assert run["experiments"]["missing"]["status"] == "error"
+    assert "ModuleNotFoundError" in run["experiments"]["missing"]["traceback"]
     assert "Traceback" in run["experiments"]["broken"]["traceback"]
     text = report.read_text(encoding="utf-8")
     assert "this experiment failed: RuntimeError: broken on purpose" in text
-    assert "not run: module report_fakes.missing is not available yet" in text
+    assert "report_fakes.missing cannot be imported" in text
     assert n_images(report) == 2  # the fake experiment's figures survived
     # the CLI runs the same and says so in its exit code
-    monkeypatch.setattr(reproduce_mod, "EXPERIMENTS",
-                        ("report_fakes.broken", "report_fakes.fake"))
+    report_fakes.use(monkeypatch, "broken", "fake")
     assert main(["reproduce", "--out", str(tmp_path / "cli"), "--jobs", "1", "-q"]) == 1
     assert "experiment broken failed" in capsys.readouterr().err
 
@@ -168,16 +175,181 @@ def test_rerunning_resumes_without_repeating_jobs(quick_run: Path) -> None:
     assert n_images(quick_run / "report.html") == 3
 
 
-def test_an_experiment_left_running_by_a_killed_run_is_reported(tmp_path: Path) -> None:
+def test_an_experiment_left_running_by_a_killed_run_is_reported(
+    tmp_path: Path, monkeypatch
+) -> None:
     """A reproduce killed mid-experiment leaves status "running": the next run says so."""
-    (tmp_path / "run.json").write_text(json.dumps(
-        {"experiments": {"ghost": {"status": "running", "module": "report_fakes.ghost"}},
+    report_fakes.use(monkeypatch, "broken", "fake")
+    (tmp_path / "run.json").write_text(json.dumps(  # a version-1 record: clocks beside results
+        {"format": "boxhack-run", "format_version": 1,
+         "experiments": {"broken": {"status": "running", "module": "report_fakes.broken",
+                                    "started": "earlier", "wall_s": None}},
          "invocations": [{"started": "earlier", "config": {}, "experiments": []}]}))
-    reproduce(tmp_path, experiments=["report_fakes.fake"], n_jobs=1, progress=False)
+    reproduce(tmp_path, only="fake", n_jobs=1, progress=False)
     failed = failed_experiments(tmp_path)
-    assert set(failed) == {"ghost"}
-    assert "stopped while this experiment was running" in failed["ghost"]
+    assert set(failed) == {"broken"}
+    assert "stopped while this experiment was running" in failed["broken"]
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["experiments"]["fake"]["status"] == "ok" and len(run["invocations"]) == 2
+    assert run["experiments"]["broken"]["timing"]["started"] == "earlier"  # upgraded
+    assert run["invocations"][0]["timing"]["started"] == "earlier"
     text = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "interrupted" in text and "stopped while this experiment was running" in text
+
+
+# --- faults: the lock, SIGTERM, bad paths ---------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(TESTS_DIR), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    return env
+
+
+def _start_slow(out: Path, ready: Path, release: Path) -> subprocess.Popen:
+    """A real ``reproduce`` in another process whose one experiment waits for ``release``."""
+    script = (
+        "from boxhack.experiments import registry\n"
+        "registry.EXPERIMENTS = {'slow': 'report_fakes.slow'}\n"
+        "from boxhack.experiments.reproduce import reproduce\n"
+        f"reproduce({str(out)!r}, n_jobs=1, progress=False, options={{'slow': "
+        f"{{'ready': {str(ready)!r}, 'release': {str(release)!r}}}}})\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", script], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 180) -> None:
+    deadline = time.monotonic() + limit  # generous: a busy machine starts Python slowly
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the first run ended early: {proc.stderr.read().decode()[-3000:]}")
+        assert time.monotonic() < deadline, "the first run never got going"
+        time.sleep(0.02)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("boxhack: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_a_second_run_on_a_busy_directory_is_refused_before_it_writes(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out, ready, release = tmp_path / "run", tmp_path / "ready", tmp_path / "release"
+    first = _start_slow(out, ready, release)
+    try:
+        _wait_for(ready, first)  # it holds the lock and has written run.json, config, rows
+        before = snapshot(out)
+        assert {"run.json", "slow/config.json", "slow/rows.jsonl"} <= set(before)
+        # the second run would run the same (non-waiting) experiment if it were let in
+        report_fakes.use(monkeypatch, "slow")
+        assert main(["reproduce", "--out", str(out), "--jobs", "1", "-q"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "is in use by boxhack process" in line and "Nothing was written" in line
+        assert main(["report", str(out)]) == 2  # re-summarising would rewrite its files too
+        assert "is in use" in one_error_line(capsys.readouterr().err)
+        assert snapshot(out) == before  # config.json, run.json, rows: byte for byte
+    finally:
+        release.touch()
+        try:
+            first.wait(timeout=180)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+                first.wait()
+            first.stdout.close()
+            first.stderr.close()
+    assert first.returncode == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["experiments"]["slow"]["status"] == "ok" and len(run["invocations"]) == 1
+    # once the first run is done the directory is free again
+    assert main(["reproduce", "--out", str(out), "--jobs", "1", "-q"]) == 0
+    assert len(json.loads((out / "run.json").read_text())["invocations"]) == 2
+
+
+def test_sigterm_stops_reproduce_like_ctrl_c_and_frees_the_directory(
+    tmp_path: Path, monkeypatch
+) -> None:
+    out, ready, release = tmp_path / "run", tmp_path / "ready", tmp_path / "release"
+    proc = _start_slow(out, ready, release)
+    try:
+        _wait_for(ready, proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode != 0
+    record = json.loads((out / "run.json").read_text())["experiments"]["slow"]
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+    assert record["timing"]["finished"] is not None
+    assert "interrupted" in (out / "report.html").read_text(encoding="utf-8")
+    report_fakes.use(monkeypatch, "slow")
+    reproduce(out, n_jobs=1, progress=False)  # resumes: the lock went with the process
+    assert failed_experiments(out) == {}
+
+
+def test_reproduce_out_that_cannot_work_is_one_line_error(tmp_path: Path, capsys) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    assert main(["reproduce", "--out", str(a_file), "-q"]) == 2
+    assert "is a file, not a directory" in one_error_line(capsys.readouterr().err)
+    assert main(["reproduce", "--out", str(a_file / "sub"), "-q"]) == 2
+    one_error_line(capsys.readouterr().err)
+    assert a_file.read_text() == "keep me"
+    if os.geteuid() != 0:
+        locked = tmp_path / "readonly"
+        locked.mkdir()
+        locked.chmod(0o555)
+    else:  # root ignores permission bits; /proc refuses new files to anyone
+        locked = Path("/proc/self")
+    assert main(["reproduce", "--out", str(locked), "-q"]) == 2
+    assert "writ" in one_error_line(capsys.readouterr().err)
+    # a scheduler address that cannot work: said before anything is created
+    target = tmp_path / "never"
+    assert main(["reproduce", "--out", str(target), "--scheduler", "garbage://x", "-q"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "not a Dask scheduler address" in line and "tcp://HOST:PORT" in line
+    assert not target.exists()
+
+
+def _timing_keys_outside_timing(value, path=()) -> list[tuple]:
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in ("timing", "machine"):
+                continue
+            if k in ("started", "finished", "wall_s", "elapsed", "time"):
+                found.append((*path, k))
+            found += _timing_keys_outside_timing(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _timing_keys_outside_timing(v, (*path, i))
+    return found
+
+
+def test_run_records_differ_only_in_timing_and_machine(tmp_path: Path, monkeypatch) -> None:
+    report_fakes.use(monkeypatch, "fake", "broken")
+    out = tmp_path / "run"
+    reproduce(out, n_jobs=1, progress=False, seed=2)
+    first = json.loads((out / "run.json").read_text())
+    out.rename(tmp_path / "first")
+    reproduce(out, n_jobs=1, progress=False, seed=2)
+    second = json.loads((out / "run.json").read_text())
+    assert _timing_keys_outside_timing(first) == []
+    assert first["timing"]["wall_s"] > 0 and first["experiments"]["fake"]["timing"]["finished"]
+    assert first != second  # the clocks did move...
+    assert comparable(first) == comparable(second)  # ...and nothing else differs

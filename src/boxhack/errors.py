@@ -8,3 +8,8 @@ and exits non-zero, without a traceback.
 
 class BoxhackError(ValueError):
     """A user error: bad input, a missing or corrupt file, an unknown name."""
+
+
+class NotFittedError(BoxhackError, AttributeError):
+    """A monitor (or other estimator) was used before ``fit``; like scikit-learn's error of
+    the same name, it is both a ``ValueError`` and an ``AttributeError``."""

@@ -108,8 +108,10 @@ def evaluate_novelty(
     batch_size: int = 1024,
 ) -> dict:
     """Run ``model`` + ``monitor`` on known (labelled) and optional novel inputs; returns the
-    metrics of :func:`novelty_metrics` (features are computed once per input set)."""
+    metrics of :func:`novelty_metrics` (features are computed once per input set). A monitor
+    fitted on another model is refused first (:func:`boxhack.monitor.check_compatible`)."""
     from boxhack.models.layers import collect
+    from boxhack.monitor.compat import check_compatible
 
     monitor._check_fitted()
     labels = np.asarray(
@@ -119,6 +121,7 @@ def evaluate_novelty(
         raise BoxhackError(f"got {len(known_inputs)} known inputs but {len(labels)} labels")
     if len(labels) == 0:
         raise BoxhackError("no known inputs to evaluate on")
+    check_compatible(monitor, model, example=known_inputs[:1])
     names = monitor._layer_names(model, monitor.layers_)
     pred, feats = collect(model, names, known_inputs, batch_size=batch_size)
     accepted = monitor.accepts_features(feats, pred)

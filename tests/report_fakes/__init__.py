@@ -1,3 +1,28 @@
 """Tiny experiment modules following the experiment contract, for tests/test_report.py and
-tests/test_reproduce.py (a package, so `reproduce(experiments=["report_fakes.fake"])` imports
-them by dotted path once the tests directory is on sys.path)."""
+tests/test_reproduce.py.
+
+reproduce and report only ever run the experiments of :mod:`boxhack.experiments.registry`;
+the tests register these fakes there in-process with :func:`use`, never through anything
+written in a run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FAKES = {
+    "fake": "report_fakes.fake",
+    "other": "report_fakes.other",
+    "broken": "report_fakes.broken",
+    "slow": "report_fakes.slow",
+    "missing": "report_fakes.missing",  # no such module: a broken installation
+}
+
+
+def use(monkeypatch: Any, *names: str) -> dict[str, str]:
+    """Make the registry hold exactly the fakes ``names`` (in that order) for this test."""
+    from boxhack.experiments import registry
+
+    chosen = {name: FAKES[name] for name in names}
+    monkeypatch.setattr(registry, "EXPERIMENTS", chosen)
+    return chosen

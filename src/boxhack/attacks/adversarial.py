@@ -41,8 +41,17 @@ Criteria (what the attack must achieve, and what success means afterwards):
     per-epsilon success). ``restarts`` repeats random-start attacks (Foolbox ``repeat``),
     keeping a run that meets the criterion.
 
+Budgets hold exactly: Foolbox computes in float32, so FGSM at Linf 0.1 returns pixels
+``x0 + float32(0.1)`` = ``x0 + 0.10000000149``; every result is therefore passed through
+:func:`boxhack.attacks.gradient.fit_to_budget`, which steps such values back towards ``x0``
+until the perturbation, measured as ``boxhack verify`` does (float64 of the float32 difference),
+is within epsilon. ``info["budget"]`` records ``{"norm", "eps"}`` (``None``: no budget).
+
 Whatever Foolbox reports, success is decided afterwards by :func:`boxhack.attacks.verify`
-(goal ``"misclassify"`` or ``"combined"``) with the exact model and monitor.
+(goal ``"misclassify"`` or ``"combined"``) with the exact model and monitor. Inputs that
+already meet the goal (misclassified from the start, for ``"misclassify"``; misclassified and
+accepted, for ``"combined"``) are not counted as successes: ``result.already`` marks them and
+``result.success_rate`` is over the others.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from boxhack.attacks.gradient import fit_to_budget
 from boxhack.attacks.verify import AttackResult, as_batch, verify
 from boxhack.errors import BoxhackError
 
@@ -470,7 +480,10 @@ def _sweep(model, monitor, x0, y, spec, atk, params, eps_list, criterion, budget
     results = []
     for k, (e, x_adv) in enumerate(zip(eps_list, advs)):
         x_adv = _finite_or(np.asarray(x_adv, dtype=np.float32).reshape(x0.shape), x0)
-        info_e = {**info, **extra, **per_eps[k], "epsilon": e}
+        if e is not None:  # Foolbox's float32 arithmetic can land a hair outside the budget
+            x_adv = fit_to_budget(x0, x_adv, spec.norm, e)
+        info_e = {**info, **extra, **per_eps[k], "epsilon": e,
+                  "budget": None if e is None else {"norm": spec.norm, "eps": float(e)}}
         results.append(
             verify(model, monitor, x0, x_adv, criterion, labels=y, pred0=pred0,
                    accepted0=accepted0, info=info_e)

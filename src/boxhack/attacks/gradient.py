@@ -33,7 +33,15 @@ is nearest in the attack norm to first order (``face_init``). Details and measur
 docs/attacks-gradient.md. Rows stop early once their best
 verified norm has not improved for ``patience`` steps, and the batch is refilled from the
 queue, so the batch stays full. Budget mode is PGD: the same normalised steps inside the fixed
-``epsilon`` ball, each row stopping at its first verified success.
+``epsilon`` ball, each row stopping at its first verified success. ``refine=k`` ends minimal
+mode with up to ``k`` PGD runs below each solved sample's norm (kept only when they verify
+smaller). Every run is bounded by steps, never by a clock.
+
+Only inputs that may be attacked are (:func:`boxhack.attacks.verify.starting_state`): an input
+whose goal already holds at ``x0`` is returned unchanged and never counts as a success
+(``result.already``), and Attack 1 with ``labels`` starts only from correctly classified inputs.
+With a budget (or a cap in minimal mode) the returned perturbation is within it exactly as
+``boxhack verify`` measures it (:func:`fit_to_budget`).
 
 Pixel space is [0, 1] at every step (clamping only ever moves a pixel towards ``x0``, so the
 norm ball is kept). A point counts as found only when the exact float32 model and monitor
@@ -51,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boxhack.attacks.verify import AttackResult, as_batch, decide, verify
+from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
 
 GOALS_SUPPORTED = ("dos", "intrude", "intrude-any", "intrude-target", "combined")
@@ -165,6 +173,50 @@ def l1_fill(g: torch.Tensor, x: torch.Tensor, gap: torch.Tensor, k: int = 64):
     return cost, step
 
 
+def fit_to_budget(x0: np.ndarray, x: np.ndarray, norm: str, eps) -> np.ndarray:
+    """``x`` moved towards ``x0`` just enough that every sample's perturbation, measured exactly
+    as :func:`boxhack.attacks.records.norm_of` does (float64 of float32 ``x`` minus float32
+    ``x0``), is ``<= eps`` (a number, or one per sample; ``inf`` = no budget).
+
+    Samples already within the budget are returned bit for bit. Linf: each pixel is clipped to
+    ``x0 +- eps`` in float64 and rounded to float32; a pixel that rounding pushed over steps one
+    float32 towards ``x0`` (``np.nextafter``). L1 / L2: the perturbation is scaled down to the
+    budget, and a little further while float32 rounding keeps it over (at worst to ``x0``).
+    """
+    from boxhack.attacks.records import norm_of
+
+    x0 = np.asarray(x0, dtype=np.float32)
+    out = np.array(x, dtype=np.float32, copy=True)
+    n = len(out)
+    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (n,))
+    over = np.flatnonzero(norm_of(x0, out, norm) > eps)
+    if not len(over):
+        return out
+    a32 = x0[over].reshape(len(over), -1)
+    a = a32.astype(np.float64)
+    b = out[over].reshape(len(over), -1).astype(np.float64)
+    e = eps[over]
+    if norm == "linf":
+        y = (a + np.clip(b - a, -e[:, None], e[:, None])).astype(np.float32)
+        while True:  # each pass moves offending pixels one float32 step towards x0
+            bad = np.abs(y.astype(np.float64) - a) > e[:, None]
+            if not bad.any():
+                break
+            y[bad] = np.nextafter(y[bad], a32[bad])
+    else:
+        t = e / norm_of(a32, b.astype(np.float32), norm)  # the scale that fits, before rounding
+        shrink = np.full(len(over), 1e-7)
+        y = np.empty_like(a32)
+        todo = np.ones(len(over), dtype=bool)
+        while todo.any():  # shrink reaches 1 (y = x0) after at most ~24 passes
+            y[todo] = np.clip(a[todo] + t[todo, None] * (b[todo] - a[todo]), 0, 1).astype(np.float32)
+            todo = norm_of(a32, y, norm) > e
+            t[todo] *= 1 - shrink[todo]
+            shrink[todo] = np.minimum(shrink[todo] * 4, 1.0)
+    out[over] = y.reshape((len(over),) + out.shape[1:])
+    return out
+
+
 def _cosine(k: torch.Tensor, steps: int, start: float, end: float) -> torch.Tensor:
     c = (1 + torch.cos(math.pi * torch.clamp(k.to(torch.float32) / steps, max=1.0))) / 2
     return end + (start - end) * c
@@ -205,6 +257,27 @@ class _Rows:
     face: torch.Tensor  # (R,) "dos": which nearest face the warm start crosses (0 = nearest)
     x0: torch.Tensor  # (R, D) flat originals
     start: torch.Tensor  # (R, D) flat start points
+    cap: torch.Tensor  # (R,) norm bound of the row (inf: none), a little below its budget
+
+
+@dataclass
+class _Problem:
+    """One call's inputs, validated, with the verdicts at ``x0`` and which samples may be
+    attacked (``eligible``) or already meet the goal (``already``)."""
+
+    model: torch.nn.Module  # as given (the final check runs here)
+    work_model: torch.nn.Module  # on the search device
+    monitor: object
+    x0: np.ndarray
+    starts: np.ndarray
+    pred0: np.ndarray
+    accepted0: np.ndarray
+    labels: np.ndarray | None
+    targets: np.ndarray | None
+    eligible: np.ndarray
+    already: np.ndarray
+    n_out: int
+    dev: torch.device
 
 
 class MonitorAttack:
@@ -217,7 +290,8 @@ class MonitorAttack:
     mode : "minimal" (smallest perturbation that succeeds) | "budget" (PGD inside ``epsilon``).
     epsilon : float or None -- the budget (required in budget mode; in minimal mode an optional
         upper bound on the norm searched).
-    steps : int -- gradient steps per row (default 100). Rows stop earlier once done.
+    steps : int -- gradient steps per row (default 50 minimal, 100 budget). Rows stop earlier
+        once done.
     lr : float -- initial step length relative to the current ball radius (cosine-annealed to
         ``lr / 100`` in minimal mode, ``lr / 10`` in budget mode).
     seed : int -- seed of the random start (budget mode with ``random_start=True``).
@@ -238,6 +312,9 @@ class MonitorAttack:
         (one row each) and keep the best verified result.
     plain_start : bool -- "dos" with ``face_init``: one more row per sample that starts at
         ``x0`` and follows the margin's own gradient (a different basin, at twice the cost).
+    refine : int -- minimal mode: PGD (budget-mode) runs per solved sample below its norm
+        (0: none); see :meth:`_refine`.
+    refine_drop : float -- how far below the norm the first refinement run tries (0.05 = 5 %).
     """
 
     name = "monitor-fmn"
@@ -270,6 +347,8 @@ class MonitorAttack:
         face_init: bool = True,
         faces: int = 1,
         plain_start: bool = False,
+        refine: int = 0,
+        refine_drop: float = 0.05,
     ):
         self.goal = _check_choice("goal", goal, GOALS_SUPPORTED)
         self.norm = _check_choice("norm", norm, NORMS)
@@ -292,13 +371,15 @@ class MonitorAttack:
             raise BoxhackError(f"lr must be a finite number > 0, got {lr!r}")
         for name, value, lo in (("batch_size", batch_size, 1), ("patience", patience, 1),
                                 ("verify_every", verify_every, 1), ("candidates", candidates, 1),
-                                ("faces", faces, 1)):
+                                ("faces", faces, 1), ("refine", refine, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
                 raise BoxhackError(f"{name} must be an integer >= {lo}, got {value!r}")
         if not (0 < slack < 1):
             raise BoxhackError(f"slack must be in (0, 1), got {slack!r}")
         if not (0 < l1_sparsity <= 1):
             raise BoxhackError(f"l1_sparsity must be in (0, 1], got {l1_sparsity!r}")
+        if not isinstance(refine_drop, (int, float)) or not (0 < refine_drop < 1):
+            raise BoxhackError(f"refine_drop must be in (0, 1), got {refine_drop!r}")
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.device = str(device)
@@ -313,6 +394,8 @@ class MonitorAttack:
         self.face_init = bool(face_init)
         self.faces = int(faces)
         self.plain_start = bool(plain_start)
+        self.refine = int(refine)
+        self.refine_drop = float(refine_drop)
 
     def __repr__(self) -> str:
         eps = "" if self.epsilon is None else f", epsilon={self.epsilon:g}"
@@ -321,14 +404,44 @@ class MonitorAttack:
 
     # ------------------------------------------------------------------ public entry point
     def __call__(self, model, monitor, inputs, labels=None, targets=None, starts=None) -> AttackResult:
-        t_start = time.perf_counter()
+        t_start = time.perf_counter()  # reported (info["wall_s"]) only; nothing depends on it
+        p = self._problem(model, monitor, inputs, labels, targets, starts)
+        n = len(p.x0)
+        # the budget per sample (inf: none); only eligible samples are attacked, the others
+        # (goal already met at x0, or a misclassified start for Attack 1) are reported apart
+        caps = np.full(n, math.inf if self.epsilon is None else float(self.epsilon))
+        x_final, best_norm, stats = self._search(p, p.eligible, caps)
+        refine_runs = 0
+        if self.mode == "minimal" and self.refine:
+            x_final, best_norm, refine_runs, more = self._refine(p, x_final, best_norm, caps)
+            for key in ("iterations", "row_steps", "forwards"):
+                stats[key] += more[key]
+        x_final = fit_to_budget(p.x0, x_final, self.norm, caps)
+        result = self._verify(p, x_final)
+        lost = ~result.success & np.isfinite(best_norm)
+        if lost.any():  # verified in the search batch, not in this one: push 0.1-5 % further
+            x_final = self._repair(p, x_final, lost, caps)
+            result = self._verify(p, x_final)
+        wall = time.perf_counter() - t_start
+        result.info.update(
+            attack=self.name, goal=self.goal, norm=self.norm, mode=self.mode,
+            epsilon=self.epsilon, steps=self.steps, refine=self.refine, refine_runs=refine_runs,
+            already_met=p.already.copy(), eligible=p.eligible.copy(), rows=stats["rows"],
+            row_ok=stats["row_ok"], iterations=int(stats["iterations"]),
+            row_steps=int(stats["row_steps"]), forward_passes=int(stats["forwards"]),
+            repaired=int(lost.sum()), impossible=stats["impossible_samples"],
+            wall_s=wall, samples_per_s=n / wall if wall > 0 else float("inf"),
+        )  # fmt: skip
+        return result
+
+    def _problem(self, model, monitor, inputs, labels, targets, starts) -> _Problem:
+        """Validate the call and compute what every stage needs (verdicts at x0, eligibility)."""
         if not getattr(monitor, "is_fitted", True):
             raise BoxhackError("the monitor is not fitted; fit it or load a saved one first")
         x0 = as_batch(inputs, "inputs")
         if x0.ndim < 2:
             raise BoxhackError(f"inputs must be a batch (N, ...), got shape {x0.shape}")
         n = len(x0)
-        shape = x0.shape[1:]
         try:
             pred0, accepted0 = monitor.predict(model, x0)
         except BoxhackError:
@@ -336,7 +449,7 @@ class MonitorAttack:
         except (RuntimeError, ValueError) as exc:
             raise BoxhackError(
                 f"the model cannot run on inputs of shape {x0.shape}: {str(exc).splitlines()[0]}"
-            )
+            ) from None
         pred0 = np.asarray(pred0, dtype=np.int64)
         accepted0 = np.asarray(accepted0, dtype=bool)
         work_model = self._model_on_device(model)
@@ -359,45 +472,68 @@ class MonitorAttack:
                 raise BoxhackError(f"starts have shape {s.shape} but inputs {x0.shape}")
         else:
             s = x0
+        eligible, already = starting_state(self.goal, pred0, accepted0, labels_arr, targets_arr)
+        return _Problem(model=model, work_model=work_model, monitor=monitor, x0=x0, starts=s,
+                        pred0=pred0, accepted0=accepted0, labels=labels_arr, targets=targets_arr,
+                        eligible=eligible, already=already, n_out=n_out, dev=dev)
 
-        # samples whose goal already holds at x0 (perturbation 0) are reported, not attacked
-        already = decide(self.goal, pred0, pred0, accepted0, labels_arr, targets_arr)
-        rows = self._build_rows(work_model, monitor, x0, s, pred0, labels_arr, targets_arr,
-                                ~already, n_out, dev)
-        info: dict = {"attack": self.name, "goal": self.goal, "norm": self.norm, "mode": self.mode,
-                      "epsilon": self.epsilon, "steps": self.steps, "already_met": already}
-        x_best, row_stats = self._optimise(work_model, monitor, rows, shape, pred0, labels_arr,
-                                           targets_arr, dev)
-        x_final = x0.copy().reshape(n, -1)
+    def _verify(self, p: _Problem, x: np.ndarray) -> AttackResult:
+        return verify(p.model, p.monitor, p.x0, x, self.goal, labels=p.labels, targets=p.targets,
+                      pred0=p.pred0, accepted0=p.accepted0)
+
+    def _search(self, p: _Problem, todo: np.ndarray, caps: np.ndarray):
+        """Attack the samples in ``todo`` within per-sample norm bounds ``caps`` (inf: none).
+
+        Returns ``(x, best_norm, stats)``: per sample its verified row of smallest norm (else
+        its first row's last iterate, or x0 when not attacked) and that norm (inf: none found).
+        """
+        n = len(p.x0)
+        rows = self._build_rows(p, todo, caps)
+        x_rows, stats = self._optimise(p.work_model, p.monitor, rows, p.x0.shape[1:], p.pred0,
+                                       p.labels, p.targets, p.dev)  # fmt: skip
+        x = p.x0.reshape(n, -1).copy()
         best_norm = np.full(n, np.inf)
-        ok_rows = np.isfinite(row_stats["best_norm"])
         if len(rows.sample):
-            # per sample: its verified row of smallest norm, else its first row's last iterate
-            order = np.lexsort((row_stats["best_norm"], rows.sample))
+            order = np.lexsort((stats["best_norm"], rows.sample))
             samples, first = np.unique(rows.sample[order], return_index=True)
             pick = order[first]
-            x_final[samples] = x_best[pick]
-            best_norm[samples] = row_stats["best_norm"][pick]
-        x_final = x_final.reshape(x0.shape)
-        if self.mode == "budget" or self.epsilon is not None:
-            x_final = self._enforce_budget(x0, x_final, float(self.epsilon))
-        result = verify(model, monitor, x0, x_final, self.goal, labels=labels_arr,
-                        targets=targets_arr, pred0=pred0, accepted0=accepted0)
-        lost = ~result.success & np.isfinite(best_norm)
-        if lost.any():  # verified in the search batch, not in this one: push 0.1-5 % further
-            x_final = self._repair(model, monitor, x0, x_final, lost, pred0, labels_arr, targets_arr)
-            result = verify(model, monitor, x0, x_final, self.goal, labels=labels_arr,
-                            targets=targets_arr, pred0=pred0, accepted0=accepted0)
-        wall = time.perf_counter() - t_start
-        info.update(
-            rows=len(rows.sample), iterations=int(row_stats["iterations"]),
-            row_steps=int(row_stats["row_steps"]), forward_passes=int(row_stats["forwards"]),
-            repaired=int(lost.sum()), impossible=row_stats["impossible_samples"],
-            wall_s=wall, samples_per_s=n / wall if wall > 0 else float("inf"),
-        )
-        info["row_ok"] = int(ok_rows.sum())
-        result.info.update(info)
-        return result
+            x[samples] = x_rows[pick]
+            best_norm[samples] = stats["best_norm"][pick]
+        stats["rows"] = len(rows.sample)
+        stats["row_ok"] = int(np.isfinite(stats["best_norm"]).sum())
+        return x.reshape(p.x0.shape), best_norm, stats
+
+    def _refine(self, p: _Problem, x: np.ndarray, best_norm: np.ndarray, caps: np.ndarray):
+        """Minimal mode, ``refine`` > 0: budget-mode (PGD) runs below each solved sample's norm.
+
+        The first run tries ``(1 - refine_drop)`` times the norm found; a success lowers the
+        sample's norm to the one PGD verified and doubles the drop, a failure becomes a lower
+        bound and later runs bisect between it and the best norm. Only verified points smaller
+        than the best are kept, so refining never makes a norm larger.
+        Returns ``(x, best_norm, runs, stats)``."""
+        pgd = copy.copy(self)
+        pgd.mode, pgd.refine, pgd.random_start = "budget", 0, False
+        pgd.steps, pgd.lr = _DEFAULT_STEPS["budget"], _DEFAULT_LR[("budget", self.norm)]
+        x, hi = x.copy(), best_norm.copy()
+        lo = np.zeros(len(hi))
+        drop = np.full(len(hi), self.refine_drop)
+        totals = {"iterations": 0, "row_steps": 0, "forwards": 0}
+        runs = 0
+        for _ in range(self.refine):
+            todo = p.eligible & np.isfinite(hi) & (hi - lo > self.rtol * hi)
+            if not todo.any():
+                break
+            eps = np.where(lo > 0, (lo + hi) / 2, hi * (1 - drop))
+            x_try, n_try, stats = pgd._search(p, todo, np.minimum(eps, caps))
+            runs += 1
+            for key in totals:
+                totals[key] += stats[key]
+            won = todo & (n_try < hi)
+            x[won], hi[won] = x_try[won], n_try[won]
+            failed = todo & ~np.isfinite(n_try)
+            lo[failed] = eps[failed]
+            drop[won] = np.minimum(2 * drop[won], 0.5)
+        return x, hi, runs, totals
 
     # ------------------------------------------------------------------ set-up
     def _model_on_device(self, model):
@@ -432,19 +568,20 @@ class MonitorAttack:
             out[:, j] = np.where(first >= 0, first, pick) if j == 0 else pick
         return out
 
-    def _build_rows(self, model, monitor, x0, s, pred0, labels, targets, todo, n_out, dev) -> _Rows:
+    def _build_rows(self, p: _Problem, todo: np.ndarray, caps: np.ndarray) -> _Rows:
+        x0, s, dev = p.x0, p.starts, p.dev
         n = len(x0)
         flat0 = torch.as_tensor(x0.reshape(n, -1))
         flats = torch.as_tensor(s.reshape(n, -1))
         if self.goal in ("intrude-any", "combined"):
             with torch.no_grad():
-                logits = torch.cat([model(torch.as_tensor(s[i:i + 4096]).to(dev)).cpu()
+                logits = torch.cat([p.work_model(torch.as_tensor(s[i:i + 4096]).to(dev)).cpu()
                                     for i in range(0, n, 4096)]).numpy()
             start_pred = logits.argmax(1)
         else:
-            logits = np.zeros((n, n_out), np.float32)
-            start_pred = pred0
-        cand = self._candidate_classes(logits, pred0, labels, targets, start_pred)
+            logits = np.zeros((n, p.n_out), np.float32)
+            start_pred = p.pred0
+        cand = self._candidate_classes(logits, p.pred0, p.labels, p.targets, start_pred)
         if self.goal == "dos" and self.face_init:  # starts: nearest faces (+ plain, -1)
             starts = list(range(self.faces)) + ([-1] if self.plain_start else [])
         else:
@@ -457,9 +594,14 @@ class MonitorAttack:
         keep = todo[sample]
         sample, target, face = sample[keep], target[keep], face[keep]
         idx = torch.as_tensor(sample)
+        # the search's own bound: the float32 just below the budget (its float32 norms are
+        # approximate; fit_to_budget makes the final points exact)
+        cap = np.asarray(caps, dtype=np.float64)[sample]
+        cap32 = np.where(np.isfinite(cap), np.nextafter(cap.astype(np.float32), np.float32(0)),
+                         np.float32(np.inf))
         return _Rows(sample=sample, target=torch.as_tensor(target).to(dev),
                      face=torch.as_tensor(face).to(dev), x0=flat0[idx].to(dev),
-                     start=flats[idx].to(dev))
+                     start=flats[idx].to(dev), cap=torch.as_tensor(cap32, dtype=torch.float32).to(dev))
 
     # ------------------------------------------------------------------ the search
     def _constraints(self, model, monitor, x_flat, target, shape):
@@ -496,8 +638,6 @@ class MonitorAttack:
             "labels": None if labels is None else labels[rows.sample],
             "targets": None if targets is None else targets[rows.sample],
         }
-        cap = self.epsilon if self.epsilon is not None else math.inf
-        self._cap32 = float(np.nextafter(np.float32(cap), np.float32(0))) if math.isfinite(cap) else math.inf
         delta0, g0 = self._initial_delta(rows, shape, dev, stats)
         impossible = ~torch.isfinite(g0[:, 1])
         if bool(impossible.any()):  # the row's class has no box: it can never be accepted as it
@@ -553,15 +693,12 @@ class MonitorAttack:
         or for "dos" a jump to the box face nearest in the attack norm (linearised)."""
         x0 = rows.x0
         R, D = x0.shape
-        cap32 = self._cap32
-        delta = rows.start - x0
-        if math.isfinite(cap32):
-            delta = project_ball(delta, torch.full((R,), cap32, device=dev), self.norm)
+        delta = project_ball(rows.start - x0, rows.cap, self.norm)  # inf caps: unchanged
         if self.mode == "budget" and self.random_start:
             gen = torch.Generator(device="cpu").manual_seed(self.seed)
             noise = (torch.rand(R, D, generator=gen) * 2 - 1).to(dev)
-            scale = cap32 / (D if self.norm == "l1" else math.sqrt(D) if self.norm == "l2" else 1)
-            delta = project_ball(delta + noise * scale, torch.full((R,), cap32, device=dev), self.norm)
+            scale = rows.cap / (D if self.norm == "l1" else math.sqrt(D) if self.norm == "l2" else 1)
+            delta = project_ball(delta + noise * scale.unsqueeze(1), rows.cap, self.norm)
         delta = (x0 + delta).clamp_(0, 1) - x0
         g0 = self._constraints_nograd(x0 + delta, rows.target)
         stats["forwards"] += 1
@@ -574,7 +711,8 @@ class MonitorAttack:
             todo = ~feasible & ~moved & torch.isfinite(g0[:, 1]) & (rows.face >= 0)
             if bool(todo.any()):
                 idx = torch.nonzero(todo).squeeze(1)
-                delta[idx] = self._face_jump(x0[idx], rows.target[idx], rows.face[idx])
+                delta[idx] = self._face_jump(x0[idx], rows.target[idx], rows.face[idx],
+                                             rows.cap[idx])
                 stats["forwards"] += 1
         return delta, g0
 
@@ -601,7 +739,7 @@ class MonitorAttack:
         out[idx] = (x0[idx] + hi.unsqueeze(1) * d).clamp(0, 1) - x0[idx]
         return out
 
-    def _face_jump(self, x0, target, rank):
+    def _face_jump(self, x0, target, rank, cap):
         """DoS warm start: leave the box of class ``t`` through a face that is near in the
         attack norm to first order -- the ``rank``-th nearest (0 = nearest) -- landing ``slack``
         beyond it; FMN then refines around that face. Without this, the search follows the
@@ -703,9 +841,7 @@ class MonitorAttack:
         else:
             ok = torch.isfinite(best[:, 0])
         best_delta = best_delta * ok.to(best_delta.dtype).unsqueeze(1)
-        if math.isfinite(self._cap32):
-            best_delta = project_ball(best_delta, torch.full((n,), self._cap32, device=dev),
-                                      self.norm)
+        best_delta = project_ball(best_delta, cap, self.norm)  # inf caps: unchanged
         return (x0 + best_delta).clamp(0, 1) - x0
 
     @staticmethod
@@ -765,7 +901,8 @@ class MonitorAttack:
         inf = torch.full((b,), math.inf, device=dev)
         return {
             "row": ids, "x0": x0, "delta": delta0[ids].clone(), "target": rows.target[ids],
-            "eps": torch.full((b,), self._cap32 if budget else math.inf, device=dev),
+            "cap": rows.cap[ids],
+            "eps": rows.cap[ids].clone() if budget else torch.full((b,), math.inf, device=dev),
             "worst": lp_norm(torch.maximum(x0, 1 - x0), self.norm),
             "best_norm": inf.clone(), "best_x": x0.clone(), "cand_norm": inf.clone(),
             "cand_x": x0.clone(), "has_cand": torch.zeros(b, dtype=torch.bool, device=dev),
@@ -787,7 +924,7 @@ class MonitorAttack:
         feas = (gd >= slack / 2).all(1)
         dn = lp_norm(delta, norm)
         known = torch.minimum(S["best_norm"], S["cand_norm"])
-        better = feas & (dn < known) & (dn <= self._cap32)
+        better = feas & (dn < known) & (dn <= S["cap"])
         if bool(better.any()):
             S["cand_norm"] = torch.where(better, dn, S["cand_norm"])
             S["cand_x"][better] = xa.detach()[better]
@@ -861,7 +998,7 @@ class MonitorAttack:
                             # a bad linearisation cannot make the radius run away)
                             torch.minimum(dn + dist.clamp_min(0), e_prev * (1 + self.grow))),
             )
-            e = torch.minimum(e, S["worst"]).clamp_max(self._cap32)
+            e = torch.minimum(torch.minimum(e, S["worst"]), S["cap"])
             S["eps"] = e
             step_len = alpha * e
         u = steepest_direction(grads, norm, self.l1_sparsity)
@@ -914,48 +1051,25 @@ class MonitorAttack:
         return solved | out
 
     # ------------------------------------------------------------------ final touches
-    def _enforce_budget(self, x0: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
-        """Make ``||x - x0|| <= eps`` hold exactly as verify measures it (float32 differences,
-        float64 norms): Linf by nudging offending pixels towards x0 one float32 step at a time,
-        L1/L2 by shrinking the perturbation until it fits."""
-        n = len(x)
-        xf = x.reshape(n, -1).astype(np.float32, copy=True)
-        x0f = x0.reshape(n, -1)
-        for _ in range(64):
-            d = (xf - x0f).astype(np.float64)
-            if self.norm == "linf":
-                bad = np.abs(d) > eps
-                if not bad.any():
-                    break
-                xf[bad] = np.nextafter(xf[bad], x0f[bad])
-            else:
-                nrm = np.abs(d).sum(1) if self.norm == "l1" else np.sqrt((d * d).sum(1))
-                over = nrm > eps
-                if not over.any():
-                    break
-                scale = (eps / nrm[over]) * (1 - 1e-6)
-                xf[over] = np.clip(x0f[over] + (d[over] * scale[:, None]).astype(np.float32), 0, 1)
-        return xf.reshape(x.shape)
-
-    def _repair(self, model, monitor, x0, x, lost, pred0, labels, targets):
-        """Rows verified during the search but not in the final batch (BLAS batch-size rounding):
-        try ``x0 + (1 + eta) (x - x0)`` for a few small eta, keep the first that verifies."""
+    def _repair(self, p: _Problem, x: np.ndarray, lost: np.ndarray, caps: np.ndarray) -> np.ndarray:
+        """Samples verified during the search but not in the final batch (BLAS batch-size
+        rounding): try ``x0 + (1 + eta) (x - x0)`` for a few small eta (kept within the budget),
+        keep the first that verifies."""
+        x0 = p.x0
         out = x.copy()
         idx = np.flatnonzero(lost)
         for eta in (1e-3, 1e-2, 5e-2):
             if len(idx) == 0:
                 break
             cand = np.clip(x0[idx] + (1 + eta) * (x[idx] - x0[idx]), 0, 1).astype(np.float32)
-            if self.mode == "budget" or self.epsilon is not None:
-                cand = self._enforce_budget(x0[idx], cand, float(self.epsilon))
-            pred, acc = monitor.predict(model, cand)
-            ok = decide(self.goal, pred0[idx], np.asarray(pred), np.asarray(acc, bool),
-                        None if labels is None else labels[idx],
-                        None if targets is None else targets[idx])
+            cand = fit_to_budget(x0[idx], cand, self.norm, caps[idx])
+            pred, acc = p.monitor.predict(p.model, cand)
+            ok = decide(self.goal, p.pred0[idx], np.asarray(pred), np.asarray(acc, bool),
+                        None if p.labels is None else p.labels[idx],
+                        None if p.targets is None else p.targets[idx])
             out[idx[ok]] = cand[ok]
             idx = idx[~ok]
         return out
-
 
 def attack(model, monitor, inputs, *, goal: str = "dos", norm: str = "l2", mode: str = "minimal",
            epsilon: float | None = None, labels=None, targets=None, starts=None, **options) -> AttackResult:

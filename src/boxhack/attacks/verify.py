@@ -212,7 +212,8 @@ def verify(
     eligible, already = starting_state(goal, pred0, accepted0, labels_arr, targets_arr)
     success = decide(goal, np.asarray(pred0), pred, accepted, labels_arr, targets_arr)
     success &= valid & eligible
-    delta = (x - x0).reshape(len(x), -1).astype(np.float64)
+    # exact: float64 differences of the float32 values (a float32 subtraction would round)
+    delta = (x.astype(np.float64) - x0.astype(np.float64)).reshape(len(x), -1)
     return AttackResult(
         goal=goal,
         x0=x0,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import warnings
 
@@ -17,11 +16,19 @@ from boxhack import __version__
 from boxhack.errors import BoxhackError
 
 # Order = order in --help.
-COMMAND_GROUPS = ("data", "train", "monitor", "attack", "experiment", "reproduce", "report")
+COMMAND_GROUPS = ("data", "train", "monitor", "attack", "experiment", "reproduce", "report",
+                  "verify")
+
+
+class BoxhackParser(argparse.ArgumentParser):
+    """Usage errors on one line (what was wrong, and where the help is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = BoxhackParser(
         prog="boxhack",
         description=(
             "Attack, test and harden abstraction-based (Outside-the-Box) novelty monitors "
@@ -54,12 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("boxhack: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"boxhack: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # a file the user named: missing, unreadable, disk full, read-only
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"boxhack: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    finally:
-        if os.environ.get("BOXHACK_DEBUG"):
-            pass
 
 
 if __name__ == "__main__":  # pragma: no cover

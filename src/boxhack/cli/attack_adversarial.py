@@ -7,8 +7,8 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
+from boxhack.cli.common import nonneg_int, positive_int
 from boxhack.errors import BoxhackError
 
 # kept here (not imported from the adapter) so that `boxhack --help` does not import Foolbox
@@ -64,81 +64,65 @@ def register(asub) -> None:
                    help="what the attack must achieve: misclassify (default) or combined "
                         "(misclassified and accepted by the monitor)")
     sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--n", type=int, default=None,
-                     help="attack the first N correctly classified test inputs (default 100)")
-    sel.add_argument("--index", type=int, action="append", default=None,
+    sel.add_argument("--n", type=positive_int, default=None,
+                     help="attack a seeded, class-balanced sample of N correctly classified "
+                          "test inputs (default 100)")
+    sel.add_argument("--index", type=nonneg_int, action="append", default=None,
                      help="attack this test input (repeatable)")
     p.add_argument("--budget", default="default", choices=("default", "quick"),
                    help="iteration budget of the attack (quick: small, for a first look)")
     p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                    help="Foolbox attack parameter, e.g. steps=100 (repeatable)")
-    p.add_argument("--eps-steps", type=int, default=None,
+    p.add_argument("--eps-steps", type=positive_int, default=None,
                    help="fixed-budget attacks: budgets searched up to --eps (default 1 for "
                         "misclassify, 8 for combined)")
-    p.add_argument("--restarts", type=int, default=1, help="run the attack this many times")
+    p.add_argument("--restarts", type=positive_int, default=1,
+                   help="run the attack this many times")
     p.add_argument("--start", default="auto", choices=("auto", "dataset", "noise"),
                    help="decision attacks: how starting points are found (default auto)")
-    p.add_argument("--pool", type=int, default=1000,
+    p.add_argument("--pool", type=positive_int, default=1000,
                    help="decision attacks: training images searched for starting points "
                         "(default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the sample (--n) and of the attack (default 0)")
     p.add_argument("--out", default=None, help="write one JSON row per sample to this .jsonl")
+    p.add_argument("--save", default=None, metavar="FILE",
+                   help="write the inputs found, exactly, to this .npz (re-check it with "
+                        "`boxhack verify FILE`)")
     p.add_argument("--png", default=None,
                    help="write the first inputs before/after the attack to this PNG")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_handler)
 
 
-def _dataset(info: dict, model_arg: str):
-    from boxhack.data import load_dataset
-
-    name = info.get("dataset")
-    if name is None:
-        raise BoxhackError(f"{model_arg} does not record its data set; use a boxhack model directory")
-    return load_dataset(name, info.get("classes"), data_dir=info.get("data_dir"),
-                        split_seed=int(info.get("split_seed") or 0))  # fmt: skip
-
-
-def _select(model, dataset, n: int | None, index: list[int] | None):
-    import numpy as np
-
-    from boxhack.models.layers import collect
-
-    n_test = len(dataset.y_test)
-    if index is not None:
-        bad = [i for i in index if not 0 <= i < n_test]
-        if bad:
-            raise BoxhackError(f"--index {bad[0]} is out of range: the test split has {n_test} inputs")
-        return np.asarray(index, dtype=np.int64)
-    n = 100 if n is None else n
-    if n < 1:
-        raise BoxhackError(f"--n must be at least 1, got {n}")
-    pred, _ = collect(model, [], dataset.x_test)
-    correct = np.flatnonzero(pred == dataset.y_test)
-    if len(correct) < n:
-        raise BoxhackError(f"only {len(correct)} test inputs are classified correctly; use --n {len(correct)}")
-    return correct[:n]
-
-
 def _handler(args) -> int:
     import numpy as np
 
     from boxhack.attacks.adversarial import flip_counts, get_spec, run_adversarial
-    from boxhack.cli.common import print_table
-    from boxhack.infra.jsonl import append_row
-    from boxhack.models.io import load_any_model
-    from boxhack.monitor import BoxMonitor
+    from boxhack.cli.common import (
+        attacked_line,
+        attacked_summary,
+        check_output_file,
+        load_attack_setup,
+        print_table,
+        save_attack_file,
+        select_inputs,
+    )
+    from boxhack.infra.files import atomic_path, atomic_write
+    from boxhack.infra.jsonl import encode_row
 
     spec = get_spec(args.attack)
-    model, info = load_any_model(args.model, args.weights)
-    monitor = BoxMonitor.load(args.monitor)
-    dataset = _dataset(info, args.model)
-    idx = _select(model, dataset, args.n, args.index)
+    if spec.kind == "fixed" and args.eps is None:
+        raise BoxhackError(f"{spec.name} is a fixed-budget attack: give --eps")
+    for option, path in (("--out", args.out), ("--png", args.png), ("--save", args.save)):
+        if path:
+            check_output_file(path, option)
+    model, info, monitor, dataset = load_attack_setup(args)
+    idx = select_inputs(model, monitor, dataset, args.criterion, args.index, args.n, args.seed,
+                        100)  # fmt: skip
     x, y = dataset.x_test[idx], dataset.y_test[idx]
     kwargs = dict(args.param)
     if spec.kind == "decision":
-        if args.pool < 1:
-            raise BoxhackError(f"--pool must be at least 1, got {args.pool}")
         kwargs.update(start=args.start, pool=dataset.x_train[: args.pool])
     if spec.kind == "fixed":
         kwargs.update(eps_steps=args.eps_steps, restarts=args.restarts)
@@ -147,24 +131,31 @@ def _handler(args) -> int:
     result = run_adversarial(model, monitor, x, y, spec.name, args.eps, criterion=args.criterion,
                              budget=args.budget, seed=args.seed, **kwargs)  # fmt: skip
     counts = flip_counts(result)
-    flipped = result.pred != y
+    # flips of inputs really attacked (correctly classified at the start)
+    flipped = (result.pred != y) & result.eligible
     summary = {
         "attack": spec.name, "norm": spec.norm, "epsilon": args.eps, "criterion": args.criterion,
-        **counts, "success": int(result.success.sum()),
+        **counts, **{f"{k}_attacked" if k in ("n", "success") else k: v
+                     for k, v in attacked_summary(result).items()},
+        "flipped_attacked": int(flipped.sum()),
         "median_l2_flipped": float(np.median(result.l2[flipped])) if flipped.any() else None,
         "median_linf_flipped": float(np.median(result.linf[flipped])) if flipped.any() else None,
         "attack_s": round(float(result.info.get("attack_s", 0.0)), 3),
         "monitor_queries": result.info.get("queries"),
     }  # fmt: skip
+    summary["success"] = summary.pop("success_attacked")
+    summary.pop("n_attacked")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("")
-        for i, row in zip(idx.tolist(), result.rows()):
-            append_row(out, {"index": i, "attack": spec.name, "epsilon": args.eps,
-                             "criterion": args.criterion, "flipped": row["pred"] != row["label"],
-                             **row})  # fmt: skip
-        summary["rows"] = str(out)
+        atomic_write(args.out, b"".join(
+            encode_row({"index": i, "attack": spec.name, "epsilon": args.eps,
+                        "criterion": args.criterion, "flipped": row["pred"] != row["label"],
+                        **row})
+            for i, row in zip(idx.tolist(), result.rows())))  # fmt: skip
+        summary["rows"] = str(args.out)
+    if args.save:
+        budget = None if args.eps is None else {"norm": spec.norm, "eps": args.eps}
+        save_attack_file(args.save, result, args, info, budget=budget)
+        summary["saved"] = str(args.save)
     if args.png:
         from boxhack.report.adversarial_figures import plot_images
 
@@ -174,8 +165,8 @@ def _handler(args) -> int:
                  for i in range(k)]]  # fmt: skip
         if x.shape[1:] in ((1, 28, 28), (28, 28)):
             fig = plot_images([("before", x[:k]), (spec.name, result.x[:k])], caps)
-            Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(args.png, dpi=110)
+            with atomic_path(args.png) as tmp:
+                fig.savefig(tmp, dpi=110, format="png")
             summary["png"] = str(args.png)
         else:
             print("boxhack: note: --png only draws 28x28 images; skipped", file=sys.stderr)
@@ -184,9 +175,12 @@ def _handler(args) -> int:
     else:
         print(f"{spec.name} ({spec.norm} epsilon {args.eps}), criterion {args.criterion}, "
               f"{counts['n']} test inputs")  # fmt: skip
-        print_table([{k: summary[k] for k in ("flipped", "accepted", "flipped_and_accepted",
-                                               "success", "median_l2_flipped",
-                                               "median_linf_flipped", "attack_s")}])  # fmt: skip
-        if args.out:
-            print(f"rows: {args.out}")
+        print_table([{k: summary[k] for k in ("attacked", "flipped_attacked", "accepted",
+                                               "flipped_and_accepted", "success",
+                                               "median_l2_flipped", "median_linf_flipped",
+                                               "attack_s")}])  # fmt: skip
+        print(attacked_line(result))
+        for key, what in (("rows", "rows"), ("saved", "saved inputs")):
+            if key in summary:
+                print(f"{what}: {summary[key]}")
     return 0

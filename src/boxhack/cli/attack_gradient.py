@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+from boxhack.cli.common import nonneg_float, nonneg_int, positive_int
 from boxhack.errors import BoxhackError
 
 # kept here so that `boxhack --help` does not import torch
@@ -37,69 +37,32 @@ def register(asub) -> None:
     p.add_argument("--mode", default="minimal", choices=MODES,
                    help="minimal: smallest perturbation that succeeds (default); budget: PGD "
                         "within --eps")
-    p.add_argument("--eps", type=float, default=None,
+    p.add_argument("--eps", type=nonneg_float, default=None,
                    help="budget (required with --mode budget; an upper bound in minimal mode)")
-    p.add_argument("--steps", type=int, default=None, help="gradient steps per sample")
-    p.add_argument("--target", type=int, default=None, help="target class for intrude-target")
+    p.add_argument("--steps", type=positive_int, default=None, help="gradient steps per sample")
+    p.add_argument("--target", type=nonneg_int, default=None,
+                   help="target class for intrude-target")
     p.add_argument("--orthogonal", action="store_true",
                    help="use the Orthogonal-PGD-style attack instead")
     sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--index", type=int, action="append", default=None,
+    sel.add_argument("--index", type=nonneg_int, action="append", default=None,
                      help="attack this test input (repeatable)")
-    sel.add_argument("--n", type=int, default=None,
-                     help="attack the first N test inputs the goal can start from (default 100): "
-                          "accepted ones for dos, rejected ones for intrude*, correctly "
-                          "classified ones for combined")
-    p.add_argument("--batch-size", type=int, default=512, help="rows optimised at once")
+    sel.add_argument("--n", type=positive_int, default=None,
+                     help="attack a seeded, class-balanced sample of N test inputs the goal can "
+                          "start from (default 100): correctly classified and accepted ones for "
+                          "dos, rejected ones for intrude*, correctly classified ones for "
+                          "combined")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="rows optimised at once")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the sample (--n) and of random starts (default 0)")
     p.add_argument("--out", default=None, help="write one JSON row per sample to this JSONL file")
+    p.add_argument("--save", default=None, metavar="FILE",
+                   help="write the inputs found, exactly, to this .npz (re-check it with "
+                        "`boxhack verify FILE`)")
     p.add_argument("--png", default=None, help="write before/after images to this PNG")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_handler)
-
-
-def _dataset(info: dict, model_arg: str):
-    from boxhack.data import load_dataset
-
-    name = info.get("dataset")
-    if name is None:
-        raise BoxhackError(
-            f"{model_arg} does not record its data set, so there are no test inputs to attack; "
-            f"use a boxhack model directory (see `boxhack train`)"
-        )
-    return load_dataset(name, info.get("classes"), data_dir=info.get("data_dir"),
-                        split_seed=int(info.get("split_seed") or 0))  # fmt: skip
-
-
-def select(model, monitor, dataset, goal: str, index, n):
-    """Test indices to attack: ``index`` as given, or the first ``n`` (100) the goal can start
-    from (accepted for dos, rejected for intrude*, correctly classified for combined)."""
-    import numpy as np
-
-    n_test = len(dataset.y_test)
-    if index is not None:
-        bad = [i for i in index if not 0 <= i < n_test]
-        if bad:
-            raise BoxhackError(f"--index {bad[0]} is out of range: the test split has {n_test} inputs")
-        return np.asarray(index, dtype=np.int64)
-    want = 100 if n is None else n
-    if want < 1:
-        raise BoxhackError(f"--n must be at least 1, got {want}")
-    pred, acc = monitor.predict(model, dataset.x_test)
-    if goal == "dos":
-        ok, what = acc, "accepts"
-    elif goal == "combined":
-        ok, what = pred == dataset.y_test, "has correctly classified"
-    else:
-        ok, what = ~acc, "rejects"
-    pool = np.flatnonzero(ok)
-    if len(pool) == 0:
-        raise BoxhackError(f"the monitor {what} no test input: nothing to attack with goal {goal!r}")
-    if len(pool) < want:
-        print(f"note: only {len(pool)} test inputs fit goal {goal!r}; attacking those",
-              file=sys.stderr)
-    return pool[:want]
 
 
 def _handler(args) -> int:
@@ -107,20 +70,34 @@ def _handler(args) -> int:
 
     from boxhack.attacks.gradient import MonitorAttack
     from boxhack.attacks.orthogonal import OrthogonalAttack
-    from boxhack.cli.common import print_table
+    from boxhack.cli.common import (
+        attacked_line,
+        attacked_summary,
+        check_device,
+        check_output_file,
+        load_attack_setup,
+        print_table,
+        save_attack_file,
+        select_inputs,
+    )
+    from boxhack.infra.files import atomic_path, atomic_write
     from boxhack.infra.jsonl import encode_row
-    from boxhack.models.io import load_any_model
-    from boxhack.monitor import BoxMonitor
 
     if args.goal == "intrude-target" and args.target is None:
         raise BoxhackError("--goal intrude-target needs --target CLASS")
     if args.target is not None and args.goal != "intrude-target":
         raise BoxhackError("--target is only for --goal intrude-target")
-    model, info = load_any_model(args.model, args.weights)
-    model.eval()
-    monitor = BoxMonitor.load(args.monitor)
-    dataset = _dataset(info, args.model)
-    idx = select(model, monitor, dataset, args.goal, args.index, args.n)
+    if args.mode == "budget" and args.eps is None:
+        raise BoxhackError("--mode budget needs --eps, the budget epsilon of the perturbation")
+    check_device(args.device)
+    for option, path in (("--out", args.out), ("--png", args.png), ("--save", args.save)):
+        if path:
+            check_output_file(path, option)
+    model, info, monitor, dataset = load_attack_setup(args)
+    if args.target is not None and args.target >= monitor.n_classes_:
+        raise BoxhackError(f"--target {args.target} is not a class of this model "
+                           f"(classes 0..{monitor.n_classes_ - 1})")  # fmt: skip
+    idx = select_inputs(model, monitor, dataset, args.goal, args.index, args.n, args.seed, 100)
     cls = OrthogonalAttack if args.orthogonal else MonitorAttack
     attack = cls(goal=args.goal, norm=args.norm, mode=args.mode, epsilon=args.eps,
                  steps=args.steps, seed=args.seed, batch_size=args.batch_size,
@@ -128,22 +105,21 @@ def _handler(args) -> int:
     x0, y = dataset.x_test[idx], dataset.y_test[idx]
     targets = None if args.target is None else np.full(len(idx), args.target)
     result = attack(model, monitor, x0, labels=y, targets=targets)
-    rows = [{"index": int(idx[i]), **row,
-             "already_met": bool(result.info["already_met"][i])}
-            for i, row in enumerate(result.rows())]  # fmt: skip
+    rows = [{"index": int(idx[i]), **row} for i, row in enumerate(result.rows())]
     ok = result.success
     med = (lambda a: float(np.median(a[ok])) if ok.any() else None)
+    counts = attacked_summary(result)
     summary = {
         "attack": result.info["attack"], "goal": args.goal, "norm": args.norm, "mode": args.mode,
-        "epsilon": args.eps, "n": len(idx), "success_rate": result.success_rate,
+        "epsilon": args.eps, **counts,
         "median_l1": med(result.l1), "median_l2": med(result.l2), "median_linf": med(result.linf),
         "wall_s": result.info["wall_s"], "samples_per_s": result.info["samples_per_s"],
     }  # fmt: skip
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.writelines(encode_row(row) for row in rows)
+        atomic_write(args.out, b"".join(encode_row(row) for row in rows))
+    if args.save:
+        budget = None if args.eps is None else {"norm": args.norm, "eps": args.eps}
+        save_attack_file(args.save, result, args, info, budget=budget)
     if args.png:
         from boxhack.report.curves import plot_before_after
 
@@ -152,20 +128,22 @@ def _handler(args) -> int:
                   f"{'acc' if result.accepted[i] else 'rej'}" for i in show]  # fmt: skip
         fig = plot_before_after(x0[show], result.x[show], titles=titles,
                                 shape=dataset.input_shape)  # fmt: skip
-        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.png, dpi=110)
+        with atomic_path(args.png) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
-        cols = ["index", "success", "pred0", "pred", "accepted0", "accepted", "l1", "l2", "linf"]
+        cols = ["index", "success", "eligible", "already", "pred0", "pred", "accepted0",
+                "accepted", "l1", "l2", "linf"]
         print_table(rows[:20], cols)
         if len(rows) > 20:
             print(f"... {len(rows) - 20} more rows" + (f" in {args.out}" if args.out else ""))
-        print(f"{int(ok.sum())}/{len(ok)} verified attacks ({summary['attack']}, {args.goal}, "
-              f"{args.norm}, {args.mode}); median L2 {summary['median_l2']}, "
-              f"{summary['samples_per_s']:.0f} samples/s")  # fmt: skip
-    for path in (args.out, args.png):
+        median = ("" if summary["median_l2"] is None
+                  else f"; median L2 of the successes {summary['median_l2']:.4g}")  # fmt: skip
+        print(f"{attacked_line(result)} ({summary['attack']}, {args.goal}, {args.norm}, "
+              f"{args.mode}){median}")  # fmt: skip
+    for path in (args.out, args.png, args.save):
         if path:
             print(f"wrote {path}", file=sys.stderr)
     return 0

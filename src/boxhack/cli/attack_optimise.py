@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from boxhack.errors import BoxhackError
+from boxhack.cli.common import nonneg_int, positive_int
 
 # kept here so that `boxhack --help` does not import SciPy or torch
 SOLVERS = ("slsqp", "cobyla", "shgo", "de")
@@ -46,16 +46,18 @@ def register(asub) -> None:
                    help="search space: input (default), pca:K (top-K PCA components of the "
                         "training inputs) or blocks:B (B x B pixel blocks)")
     sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--index", type=int, action="append", default=None,
-                     help="attack this test input (repeatable; default: the first suitable one)")
-    sel.add_argument("--n", type=int, default=None,
-                     help="attack the first N test inputs the attack can start from "
-                          "(accepted ones for attack 1, rejected ones for attack 2)")
-    p.add_argument("--maxiter", type=int, default=None,
+    sel.add_argument("--index", type=nonneg_int, action="append", default=None,
+                     help="attack this test input (repeatable; default: one input drawn as for "
+                          "--n 1)")
+    sel.add_argument("--n", type=positive_int, default=None,
+                     help="attack a seeded, class-balanced sample of N test inputs the attack "
+                          "can start from (correctly classified and accepted ones for attack 1, "
+                          "rejected ones for attack 2)")
+    p.add_argument("--maxiter", type=positive_int, default=None,
                    help="budget: solver iterations (SLSQP), evaluations (COBYLA) or generations "
                         "(DE); default: the solver's setting in boxhack.attacks.optimisation."
                         "solver_settings")
-    p.add_argument("--max-evals", type=int, default=None,
+    p.add_argument("--max-evals", type=positive_int, default=None,
                    help="budget: points evaluated per solve (default: no cap beyond the solver's)")
     p.add_argument("--time-limit", type=float, default=600.0,
                    help="safety net: kill a solve still running this many seconds after it "
@@ -63,70 +65,44 @@ def register(asub) -> None:
     p.add_argument("--memory-limit", type=float, default=4096,
                    help="MiB of extra memory a solve may use (default 4096)")
     p.add_argument("--jobs", type=int, default=1, help="solves in parallel (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (differential evolution)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the sample (--n) and of differential evolution (default 0)")
     p.add_argument("--out", default=None, help="write the result (per-sample rows) to this JSON file")
+    p.add_argument("--save", default=None, metavar="FILE",
+                   help="write the inputs found, exactly, to this .npz (re-check it with "
+                        "`boxhack verify FILE`)")
     p.add_argument("--png", default=None, help="write the inputs before/after to this PNG")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_handler)
-
-
-def _dataset(info: dict, model_arg: str):
-    from boxhack.data import load_dataset
-
-    name = info.get("dataset")
-    if name is None:
-        raise BoxhackError(
-            f"{model_arg} does not record its data set, so there are no test inputs to attack; "
-            f"use a boxhack model directory (see `boxhack train`)"
-        )
-    return load_dataset(name, info.get("classes"), data_dir=info.get("data_dir"),
-                        split_seed=int(info.get("split_seed") or 0))  # fmt: skip
-
-
-def _select(model, monitor, dataset, goal: str, index, n):
-    import numpy as np
-
-    n_test = len(dataset.y_test)
-    if index is not None:
-        bad = [i for i in index if not 0 <= i < n_test]
-        if bad:
-            raise BoxhackError(f"--index {bad[0]} is out of range: the test split has {n_test} inputs")
-        return np.asarray(index, dtype=np.int64)
-    _, acc = monitor.predict(model, dataset.x_test)
-    ok = np.flatnonzero(acc if goal == "dos" else ~acc)
-    want = 1 if n is None else n
-    if want < 1:
-        raise BoxhackError(f"--n must be at least 1, got {want}")
-    if len(ok) < want:
-        which = "accepts" if goal == "dos" else "rejects"
-        raise BoxhackError(
-            f"the monitor {which} only {len(ok)} test inputs, fewer than the {want} asked for"
-        )
-    return ok[:want]
 
 
 def _handler(args) -> int:
     import numpy as np
 
     from boxhack.attacks.optimisation import optimise_attack
-    from boxhack.cli.common import print_table, write_json
-    from boxhack.models.io import load_any_model
-    from boxhack.monitor import BoxMonitor
+    from boxhack.cli.common import (
+        attacked_line,
+        check_output_file,
+        load_attack_setup,
+        print_table,
+        save_attack_file,
+        select_inputs,
+        write_json,
+    )
 
     goal = ATTACKS[args.attack]
-    model, info = load_any_model(args.model, args.weights)
-    monitor = BoxMonitor.load(args.monitor)
-    dataset = _dataset(info, args.model)
-    idx = _select(model, monitor, dataset, goal, args.index, args.n)
+    for option, path in (("--out", args.out), ("--png", args.png), ("--save", args.save)):
+        if path:
+            check_output_file(path, option)
+    model, info, monitor, dataset = load_attack_setup(args)
+    idx = select_inputs(model, monitor, dataset, goal, args.index, args.n, args.seed, 1)
     kind = args.space.split(":")[0].strip().lower()
-    if args.maxiter is not None and args.maxiter < 1:
-        raise BoxhackError(f"--maxiter must be at least 1, got {args.maxiter}")
     result = optimise_attack(
         model, monitor, dataset.x_test[idx], goal=goal, norm=args.norm, solver=args.solver,
-        encoding=args.encoding, space=args.space, time_limit=args.time_limit,
-        memory_limit_mb=args.memory_limit, max_evals=args.max_evals, n_jobs=args.jobs,
-        train_inputs=dataset.x_train if kind == "pca" else None, seed=args.seed,
-        input_shape=dataset.input_shape,
+        encoding=args.encoding, space=args.space, labels=dataset.y_test[idx],
+        time_limit=args.time_limit, memory_limit_mb=args.memory_limit, max_evals=args.max_evals,
+        n_jobs=args.jobs, train_inputs=dataset.x_train if kind == "pca" else None,
+        seed=args.seed, input_shape=dataset.input_shape,
         solver_options=None if args.maxiter is None else {"maxiter": args.maxiter},
     )  # fmt: skip
     rows = []
@@ -139,22 +115,25 @@ def _handler(args) -> int:
     settings = {k: result.info[k] for k in ("goal", "solver", "norm", "encoding", "space",
                                             "time_limit", "memory_limit_mb", "max_evals",
                                             "budget")}
-    doc = {"settings": settings, "success_rate": result.success_rate, "rows": rows,
+    doc = {"settings": settings, "success_rate": result.success_rate,
+           "attacked": result.n_attacked, "already": int(result.already.sum()), "rows": rows,
            "x0": result.x0.tolist(), "x": result.x.tolist()}  # fmt: skip
     if args.out:
         write_json(args.out, doc)
+    if args.save:
+        save_attack_file(args.save, result, args, info)
     if args.png:
         _write_png(Path(args.png), result, idx, dataset.input_shape)
     if args.json:
         json.dump({k: v for k, v in doc.items() if k not in ("x0", "x")}, sys.stdout, indent=2)
         print()
     else:
-        cols = ["index", "outcome", "pred0", "pred", "accepted0", "accepted", "l1", "l2",
-                "linf", "wall_s", "nfev", "message"]
+        cols = ["index", "outcome", "eligible", "pred0", "pred", "accepted0", "accepted", "l1",
+                "l2", "linf", "wall_s", "nfev", "message"]
         print_table(rows, cols)
-        print(f"{int(result.success.sum())}/{len(result)} verified attacks "
-              f"({args.solver}, {args.norm}, {args.encoding}, {args.space})")  # fmt: skip
-    for path in (args.out, args.png):
+        print(f"{attacked_line(result)} ({args.solver}, {args.norm}, {args.encoding}, "
+              f"{args.space})")  # fmt: skip
+    for path in (args.out, args.png, args.save):
         if path:
             print(f"wrote {path}", file=sys.stderr)
     return 0 if np.all(np.isin(result.info["outcome"], ("success", "failed", "timeout"))) else 1
@@ -198,5 +177,7 @@ def _write_png(path: Path, result, idx, input_shape) -> None:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    from boxhack.infra.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from boxhack.cli.common import nonneg_int
 from boxhack.data import DATASETS, load_dataset
 
 
@@ -19,7 +20,8 @@ def register(sub) -> None:
     info.add_argument("name", choices=DATASETS, metavar="NAME", help=f"one of {', '.join(DATASETS)}")
     info.add_argument("--classes", default=None, help="class subset, e.g. 0-4 or 0,1,2 (default: all)")
     info.add_argument("--data-dir", default=None, help="folder with IDX files (full MNIST / Fashion-MNIST)")
-    info.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split")
+    info.add_argument("--split-seed", type=nonneg_int, default=0,
+                      help="seed of the train/test split")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(handler=_info)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from boxhack.cli.common import add_campaign_args
+from boxhack.cli.common import add_campaign_args, positive_int
 
 
 def register(esub) -> None:
@@ -21,7 +21,7 @@ def register(esub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="20 digits, 6 attacks, 2 budgets, small iteration budgets, monitors "
                         "k=1,3 x tolerance 0, 0.25")
-    p.add_argument("--n", type=int, default=None, help="number of test digits (default 100)")
+    p.add_argument("--n", type=positive_int, default=None, help="number of test digits (default 100)")
     p.add_argument("--attacks", default=None,
                    help="comma-separated subset of attacks, e.g. fgsm,pgd-linf,hsj")
     add_campaign_args(p)

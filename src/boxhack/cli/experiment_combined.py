@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from boxhack.cli.common import add_campaign_args
+from boxhack.cli.common import add_campaign_args, nonneg_float, positive_float, positive_int
 
 
 def register(esub) -> None:
@@ -19,13 +19,13 @@ def register(esub) -> None:
     )
     p.add_argument("--out", required=True, help="run directory, e.g. runs/paper")
     p.add_argument("--quick", action="store_true", help="30 digits")
-    p.add_argument("--n", type=int, default=None, help="number of test digits (default 300)")
+    p.add_argument("--n", type=positive_int, default=None, help="number of test digits (default 300)")
     p.add_argument("--repair", default="gradient", choices=("gradient", "slsqp", "shgo", "none"),
                    help="gradient (default: monitor-aware gradient attack), slsqp or shgo (SciPy, "
                         "slow), none")
     p.add_argument("--norm", default="l1", choices=("l1", "l2"), help="repair distance (default l1)")
-    p.add_argument("--eps", type=float, default=0.1, help="FGSM budget (Linf, default 0.1)")
-    p.add_argument("--time-limit", type=float, default=None,
+    p.add_argument("--eps", type=nonneg_float, default=0.1, help="FGSM budget (Linf, default 0.1)")
+    p.add_argument("--time-limit", type=positive_float, default=None,
                    help="slsqp/shgo: seconds per sample (default 30, quick 10)")
     p.add_argument("--space", default=None,
                    help="slsqp/shgo: search space of the SciPy attack: pca:20 (default), input "

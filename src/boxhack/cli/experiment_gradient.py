@@ -3,7 +3,7 @@ layer over :func:`boxhack.experiments.gradient.run`)."""
 
 from __future__ import annotations
 
-from boxhack.cli.common import add_campaign_args
+from boxhack.cli.common import add_campaign_args, positive_int
 
 
 def register(esub) -> None:
@@ -21,7 +21,7 @@ def register(esub) -> None:
     p.add_argument("--out", required=True, help="run directory, e.g. runs/paper")
     p.add_argument("--quick", action="store_true",
                    help="12 digits per goal on the 3-class network, 3 goals, 2 PGD budgets")
-    p.add_argument("--n", type=int, default=None, help="digits per goal (default 100)")
+    p.add_argument("--n", type=positive_int, default=None, help="digits per goal (default 100)")
     p.add_argument("--goals", nargs="+", default=None,
                    choices=("dos", "intrude", "intrude-any", "combined"), help="subset of goals")
     p.add_argument("--norms", nargs="+", default=None, choices=("l1", "l2", "linf"),

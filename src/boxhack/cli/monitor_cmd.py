@@ -5,7 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from boxhack.cli.common import print_table, write_json
+from boxhack.cli.common import (
+    fraction,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    print_table,
+    write_json,
+)
 from boxhack.errors import BoxhackError
 
 
@@ -24,9 +31,9 @@ def _add_data_args(p) -> None:
     p.add_argument("--classes", default=None,
                    help="the model's classes, e.g. 0-4 (default: recorded with the model)")
     p.add_argument("--data-dir", default=None, help="folder with IDX files")
-    p.add_argument("--split-seed", type=int, default=None,
+    p.add_argument("--split-seed", type=nonneg_int, default=None,
                    help="train/test split seed (default: recorded with the model, else 0)")
-    p.add_argument("--batch-size", type=int, default=1024, help="inference batch size")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="inference batch size")
 
 
 def register(sub) -> None:
@@ -50,17 +57,20 @@ def register(sub) -> None:
     fit.add_argument("--layer", action="append", default=None,
                      help="layer to monitor (module path, repeatable; default: the model's default layer)")
     k = fit.add_mutually_exclusive_group()
-    k.add_argument("--clusters", type=int, default=None, help="fixed number of boxes per class")
-    k.add_argument("--threshold", type=float, default=None,
+    k.add_argument("--clusters", type=positive_int, default=None,
+                   help="fixed number of boxes per class")
+    k.add_argument("--threshold", type=fraction, default=None,
                    help="elbow-rule threshold on the relative inertia drop (default 0.07)")
-    fit.add_argument("--max-clusters", type=int, default=10, help="cap of the elbow rule (default 10)")
-    fit.add_argument("--tolerance", type=float, default=0.0, help="box widening epsilon (default 0)")
+    fit.add_argument("--max-clusters", type=positive_int, default=10,
+                     help="cap of the elbow rule (default 10)")
+    fit.add_argument("--tolerance", type=nonneg_float, default=0.0,
+                     help="box widening epsilon (default 0)")
     fit.add_argument("--absolute", action="store_true",
                      help="absolute tolerance: each side grows by epsilon (default: relative, "
                           "each side grows by epsilon/2 of the box width)")
     fit.add_argument("--all-training", action="store_true",
                      help="use misclassified training inputs too (default: correct ones only)")
-    fit.add_argument("--seed", type=int, default=0, help="k-means seed")
+    fit.add_argument("--seed", type=nonneg_int, default=0, help="k-means seed")
     _add_data_args(fit)
     fit.add_argument("--out", default=None,
                      help="output .npz (default: MODEL_DIR/monitor.npz for a model directory)")
@@ -129,6 +139,7 @@ def _check_batch(args) -> None:
 
 # --------------------------------------------------------------------------- commands
 def _fit(args) -> int:
+    from boxhack.cli.common import check_output_file
     from boxhack.monitor import BoxMonitor
 
     _check_batch(args)
@@ -143,6 +154,7 @@ def _fit(args) -> int:
         if not model_dir.is_dir():
             raise BoxhackError("pass --out FILE.npz (the model is not a boxhack model directory)")
         out = model_dir / "monitor.npz"
+    check_output_file(out, "--out")
     ds = _dataset(args, info)
     monitor = BoxMonitor(
         n_clusters=args.clusters,
@@ -178,16 +190,19 @@ def _fit(args) -> int:
 def _evaluate(args) -> int:
     from boxhack.data import parse_classes
     from boxhack.evaluation import evaluate_novelty
-    from boxhack.monitor import BoxMonitor
+    from boxhack.monitor import check_compatible
+    from boxhack.monitor.registry import load_monitor
 
     _check_batch(args)
+    if args.json:
+        from boxhack.cli.common import check_output_file
+
+        check_output_file(args.json, "--json")
     model, info = _load_model(args)
-    monitor = BoxMonitor.load(args.monitor)
-    recorded = monitor.metadata_.get("model_sha256")
-    if recorded and info.get("sha256") and recorded != info["sha256"]:
-        print(f"boxhack: warning: {args.monitor} was fitted on another model "
-              f"(sha256 {recorded[:12]}..., this model {info['sha256'][:12]}...)", file=sys.stderr)
+    monitor = load_monitor(args.monitor)
     ds = _dataset(args, {**monitor.metadata_, **{k: v for k, v in info.items() if v is not None}})
+    check_compatible(monitor, model, info, example=ds.x_test[:1], monitor_name=str(args.monitor),
+                     model_name=str(args.model))  # fmt: skip
     if len(ds.classes) != monitor.n_classes_:
         raise BoxhackError(f"the data has {len(ds.classes)} classes, the monitor "
                            f"{monitor.n_classes_}; pass the model's --classes")
@@ -269,9 +284,9 @@ def _layers(args) -> int:
 
 
 def _info(args) -> int:
-    from boxhack.monitor import BoxMonitor
+    from boxhack.monitor.registry import load_monitor
 
-    monitor = BoxMonitor.load(args.monitor)
+    monitor = load_monitor(args.monitor)
     s = monitor.summary()
     print(f"{args.monitor}: {monitor!r}, {s['n_classes']} classes")
     rows = [

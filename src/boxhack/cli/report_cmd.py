@@ -13,7 +13,9 @@ def register(sub) -> None:
         description=(
             "Re-compute every experiment's tables and figures from RUN_DIR/<experiment>/"
             "rows.jsonl (summary.json and the PNGs are rewritten) and render the "
-            "self-contained RUN_DIR/report.html."
+            "self-contained RUN_DIR/report.html. Only boxhack's own experiments are read; "
+            "nothing found in RUN_DIR is ever imported or run (other sub-directories are "
+            "listed as ignored)."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/paper")
@@ -31,9 +33,11 @@ def register(sub) -> None:
 def _report(args) -> int:
     from boxhack.errors import BoxhackError
     from boxhack.experiments.reproduce import rebuild_report
-    from boxhack.report.html import check_report, render_report
+    from boxhack.report.html import check_report, find_experiments, render_report
 
     run_dir = Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BoxhackError(f"RUN_DIR {run_dir} is a file; give a run directory")
     if not run_dir.is_dir():
         raise BoxhackError(f"run directory {run_dir} does not exist")
     errors: dict[str, str] = {}
@@ -42,6 +46,8 @@ def _report(args) -> int:
     else:
         report, errors = rebuild_report(run_dir, out=args.out)
     print(report)
+    for other in find_experiments(run_dir)[1]:
+        print(f"boxhack: unknown experiment directory {other}: ignored", file=sys.stderr)
     status = 0
     for name, error in errors.items():
         print(f"boxhack: could not re-summarise {name}: {error}", file=sys.stderr)

@@ -33,7 +33,7 @@ def _seconds(text: str) -> float:
 
 
 def register(sub) -> None:
-    from boxhack.experiments.reproduce import EXPERIMENTS
+    from boxhack.experiments.registry import names
 
     p = sub.add_parser(
         "reproduce",
@@ -42,7 +42,7 @@ def register(sub) -> None:
             "Run the paper's experiments end to end on the embedded data (train the networks, "
             "fit the monitors, run every grid as a resumable campaign) and write "
             "OUT/report.html. Running again into the same OUT resumes. Experiments, in order: "
-            + ", ".join(EXPERIMENTS) + "."
+            + ", ".join(names()) + "."
         ),
     )
     p.add_argument("--out", default="runs/paper", help="run directory (default: runs/paper)")

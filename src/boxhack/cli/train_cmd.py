@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from boxhack.cli.common import nonneg_int, positive_float, positive_int
 from boxhack.data import load_dataset
 from boxhack.models.io import save_model
 from boxhack.models.train import train_model
@@ -21,11 +22,14 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="data set (default: the network's own: mnist, xor or tanh)")
     p.add_argument("--classes", default=None, help="class subset, e.g. 0-9, 0-4, 0,1 (default: all)")
     p.add_argument("--data-dir", default=None, help="folder with IDX files (full MNIST / Fashion-MNIST)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (default 0)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default per network)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default per network)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and shuffling")
+    p.add_argument("--split-seed", type=nonneg_int, default=0,
+                   help="seed of the train/test split (default 0)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (default per network)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (default per network)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of initialisation and shuffling")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     p.add_argument("--out", required=True, help="output directory for model.pt and model.json")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
@@ -33,7 +37,12 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
+    from boxhack.cli.common import check_device
+    from boxhack.infra.files import check_output_dir
+
     spec = net_spec(args.net)
+    check_device(args.device)
+    check_output_dir(args.out, "--out")
     ds = load_dataset(
         args.data or spec.dataset, args.classes, data_dir=args.data_dir, split_seed=args.split_seed
     )

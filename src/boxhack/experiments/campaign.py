@@ -18,6 +18,21 @@ Failures are data: a job that raises, returns a non-dict, or whose worker proces
 killed by the out-of-memory killer) becomes an ``"error"`` row and the campaign goes on; pass
 ``retry_errors=True`` to run error rows again (the newest row for a key wins when reading).
 
+Killing a campaign ends all of it. Every local worker process sets ``PR_SET_PDEATHSIG``
+(SIGKILL) and watches its parent (:func:`boxhack.infra.procs.die_with_parent`), so a SIGKILLed
+parent takes its workers with it, and they take their sandbox processes. The kernel sends the
+signal when the *thread* that created a worker exits: in Python 3.11 a spawn-context
+``ProcessPoolExecutor`` creates its workers inside ``submit()`` (``_adjust_process_count``), i.e.
+in the thread that calls :func:`run_campaign` (only ``max_tasks_per_child``, not used here, makes
+the pool's manager thread spawn them), and that thread waits in :func:`run_campaign` until the
+pool is shut down, so it outlives every worker. SIGTERM on the parent raises
+:class:`~boxhack.infra.procs.Terminated` (a ``KeyboardInterrupt``) in the main thread: the pool's
+workers are killed, rows written so far stay, and the run resumes next time. On Dask the workers
+belong to the cluster, not to the campaign: on SIGTERM (or Ctrl-C) the campaign cancels its
+futures and closes its client; if it is SIGKILLed the scheduler notices the client is gone and
+forgets its queued tasks, while a task already running finishes on its worker (Dask cannot
+interrupt a running task) and its result is dropped.
+
 The job function receives the parameters exactly as stored in the row (after a JSON round
 trip: tuples become lists, numpy scalars Python numbers), so a local run, a resumed run and a
 Dask run all call it with identical input and produce the same rows (``wall_s`` and ``worker``
@@ -44,6 +59,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from boxhack.errors import BoxhackError
+from boxhack.infra.files import fsync_dir
 from boxhack.infra.jsonl import (
     damaged_path,
     encode_row,
@@ -53,8 +69,9 @@ from boxhack.infra.jsonl import (
     to_jsonable,
     write_line,
 )
+from boxhack.infra.procs import die_with_parent, sigterm_raises
 
-__all__ = ["Job", "run_campaign"]
+__all__ = ["Job", "check_scheduler_address", "run_campaign"]
 
 JobFn = Callable[[dict[str, Any]], Mapping[str, Any]]
 Outcome = dict[str, Any]  # status, result, error, wall_s, worker: a row minus key and params
@@ -95,6 +112,12 @@ def _limit_threads() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+
+
+def _init_worker(parent_pid: int) -> None:
+    """A pool worker's initializer: die with the campaign, compute on one thread."""
+    die_with_parent(parent_pid)
+    _limit_threads()
 
 
 def _describe(exc: BaseException) -> str:
@@ -150,7 +173,7 @@ class _RowWriter:
         try:
             self._lock()
             if not existed:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             # Only now, holding the lock, is it safe to cut a tail: no live writer can be mid-row.
             self.repaired_bytes = repair_tail(self.path)
         except BaseException:
@@ -181,20 +204,6 @@ class _RowWriter:
         tb: TracebackType | None,
     ) -> None:
         self._file.close()  # also releases the lock
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a newly created file's directory entry durable (best effort, POSIX only)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _default_n_jobs() -> int:
@@ -282,6 +291,8 @@ def run_campaign(
         raise BoxhackError("give either scheduler (an address) or client, not both")
     if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs < 1):
         raise BoxhackError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     out = Path(out)
 
     with _RowWriter(out) as writer:
@@ -323,13 +334,15 @@ def run_campaign(
             if not todo:
                 pass
             elif scheduler is not None or client is not None:
-                _run_dask(todo, fn, params_of, record, scheduler, client)
+                with sigterm_raises():
+                    _run_dask(todo, fn, params_of, record, scheduler, client)
             elif (n_jobs or _default_n_jobs()) == 1:
                 for job in todo:
                     record(job, _execute(fn, params_of(job), limit_threads=False))
             else:
                 n_workers = min(n_jobs or _default_n_jobs(), len(todo))
-                _run_pool(todo, fn, params_of, record, n_workers)
+                with sigterm_raises():
+                    _run_pool(todo, fn, params_of, record, n_workers)
         finally:
             bar.close()
     return [rows[job.key] for job in job_list]
@@ -372,18 +385,31 @@ def _progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
 
 def _new_pool(n_workers: int) -> ProcessPoolExecutor:
     # spawn, not fork: forking a parent that has started torch/OpenMP threads can deadlock.
+    # No max_tasks_per_child: with it the pool's manager thread would spawn replacement
+    # workers, and their parent-death signal would fire when that thread ends.
     return ProcessPoolExecutor(
         max_workers=n_workers,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_limit_threads,
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
+
+
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool`` now: kill its workers (a running job is lost; its row was never written,
+    so it runs again on resume) and shut it down without waiting."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, AttributeError, ValueError):  # already gone / already closed
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _check_loadable(pool: ProcessPoolExecutor, fn: JobFn) -> None:
     try:
         pool.submit(_probe, fn).result()
     except Exception as exc:  # noqa: BLE001 - PicklingError, AttributeError, BrokenProcessPool...
-        pool.shutdown(wait=True, cancel_futures=True)
         name = getattr(fn, "__qualname__", repr(fn))
         raise BoxhackError(
             f"the job function {name} could not be loaded in a worker process ({_describe(exc)}). "
@@ -408,8 +434,8 @@ def _run_pool(
     queue = deque(todo)
     window = 2 * n_workers  # enough queued work to keep workers busy, little lost on a break
     pool: ProcessPoolExecutor | None = _new_pool(n_workers)
-    _check_loadable(pool, fn)
     try:
+        _check_loadable(pool, fn)
         while queue:
             if pool is None:
                 pool = _new_pool(n_workers)
@@ -418,9 +444,9 @@ def _run_pool(
                 pool.shutdown(wait=True, cancel_futures=True)
                 pool = None
                 _run_isolated(suspects, fn, params_of, record)
-    except BaseException:  # e.g. Ctrl-C: stop at once; rows written so far are safe
+    except BaseException:  # Ctrl-C, SIGTERM, a failed write: stop at once; written rows are safe
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            _abandon(pool)
         raise
     if pool is not None:
         pool.shutdown(wait=True)
@@ -469,6 +495,7 @@ def _run_isolated(
 ) -> None:
     """Run each job alone in a one-worker pool, so a worker death is that job's error row."""
     pool: ProcessPoolExecutor | None = None
+    completed = False
     try:
         for job in suspects:
             if pool is None:
@@ -495,9 +522,13 @@ def _run_isolated(
                     "worker": worker,
                 }
             record(job, outcome)
+        completed = True
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if completed:
+                pool.shutdown(wait=True, cancel_futures=True)
+            else:
+                _abandon(pool)
 
 
 def _exit_note(processes: list[Any]) -> str:
@@ -517,6 +548,42 @@ def _exit_note(processes: list[Any]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Dask distributed.
+
+_ADDRESS_HELP = (
+    "give the scheduler's address as tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786; also tls://, "
+    "ws://, wss://, or HOST:PORT for tcp)"
+)
+
+
+def check_scheduler_address(address: Any) -> str:
+    """``address`` if it is a Dask scheduler address this machine can dial, else a clear
+    :class:`BoxhackError` (without connecting, and before anything is written)."""
+    if not isinstance(address, str) or not address.strip():
+        raise BoxhackError(f"scheduler address {address!r} is empty; {_ADDRESS_HELP}")
+    try:
+        from distributed.comm import parse_address
+        from distributed.comm.registry import get_backend
+    except ImportError as exc:
+        raise BoxhackError(
+            f"running on Dask needs the distributed package ({exc}); "
+            f"install it with: pip install 'dask[distributed]'"
+        ) from None
+    try:
+        scheme, location = parse_address(address.strip())
+        get_backend(scheme)
+    except (ValueError, TypeError) as exc:
+        raise BoxhackError(
+            f"{address!r} is not a Dask scheduler address ({str(exc).splitlines()[0]}); "
+            f"{_ADDRESS_HELP}"
+        ) from None
+    if scheme in ("tcp", "tls", "ws", "wss"):
+        host, _, port = location.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BoxhackError(
+                f"{address!r} is not a Dask scheduler address (no HOST:PORT after "
+                f"{scheme}://); {_ADDRESS_HELP}"
+            )
+    return address
 
 
 def _run_dask(
@@ -543,7 +610,7 @@ def _run_dask(
     if own_client:
         try:
             client = distributed.Client(scheduler)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise BoxhackError(
                 f"could not connect to the Dask scheduler at {scheduler!r} ({_describe(exc)}); "
                 f"check the address and that the scheduler is running"

@@ -11,11 +11,13 @@ input. The repair is pluggable:
   minimal mode, L1 by default) - the monitor-aware white-box attack; samples it leaves
   unsolved get one more try in the other norm (``fallback_norm``, default L2);
 - ``"slsqp"`` / ``"shgo"``: the paper's SciPy optimisation attack
-  (:func:`boxhack.attacks.optimisation.optimise_attack`, L1, time-limited per sample);
+  (:func:`boxhack.attacks.optimisation.optimise_attack`, L1), bounded by an evaluation budget
+  per sample (``max_evals``); its wall-clock limit is only a safety net far above that;
 - ``"none"``: stage 1 only.
 
 A sample whose repair fails keeps its stage-1 point. Every count is decided by
-:func:`boxhack.attacks.verify.verify` on the final points against the clean inputs.
+:func:`boxhack.attacks.verify.verify` on the final points against the clean inputs; the
+stage-1 points stay within the stage-1 budget exactly (float32 included).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ TITLE = "Combined attack: adversarial samples repaired to pass the monitor (pape
 
 KEY = "mnist10"
 REPAIRS = ("gradient", "slsqp", "shgo", "none")
+# SciPy repairs: evaluations per sample (the budget that decides the outcome), and the
+# wall-clock safety net per sample (only against a solver stuck in C code)
+MAX_EVALS = {"quick": 2000, "full": 5000}
+SAFETY_NET_S = 600.0
 CHUNK = 50  # samples per job
 N_EXAMPLES = 2  # repaired samples per job whose images are stored in the rows
 
@@ -51,25 +57,29 @@ class CombinedResult:
     info: dict = field(default_factory=dict)
 
     def counts(self) -> dict:
-        lab = self.first.labels
-        flipped = self.first.pred != lab
+        """Counts over the attacked inputs; ``already``: inputs misclassified and accepted from
+        the start (not attacked, not counted as successes)."""
+        att = self.final.eligible
+        flipped = (self.first.pred != self.first.labels) & att
         acc = self.first.accepted
-        st = self.stage
+        repaired = np.isin(self.stage, ["repair", "fallback"])
         return {
-            "n": len(st),
+            "n": len(self.stage),
+            "attacked": int(att.sum()),
+            "already": int(self.final.already.sum()),
             "adv_flipped": int(flipped.sum()),
             "adv_flipped_accepted": int((flipped & acc).sum()),
             "adv_flipped_rejected": int((flipped & ~acc).sum()),
-            "adv_not_flipped": int((~flipped).sum()),
-            "repaired_rejected": int(((st == "repair") | (st == "fallback"))[flipped & ~acc].sum()),
-            "repaired_not_flipped": int(((st == "repair") | (st == "fallback"))[~flipped].sum()),
-            "by_fallback": int((st == "fallback").sum()),
+            "adv_not_flipped": int((att & ~flipped).sum()),
+            "repaired_rejected": int((repaired & flipped & ~acc).sum()),
+            "repaired_not_flipped": int((repaired & att & ~flipped).sum()),
+            "by_fallback": int((self.stage == "fallback").sum()),
             "final_success": int(self.final.success.sum()),
         }
 
 
-def _repair_step(model, monitor, x0, y, starts, repair, norm, *, seed, time_limit, n_jobs,
-                 options) -> AttackResult:
+def _repair_step(model, monitor, x0, y, starts, repair, norm, *, seed, max_evals, time_limit,
+                 n_jobs, options) -> AttackResult:
     if repair == "gradient":
         from boxhack.attacks.gradient import MonitorAttack
 
@@ -82,7 +92,8 @@ def _repair_step(model, monitor, x0, y, starts, repair, norm, *, seed, time_limi
         raise BoxhackError(f"repair {repair!r} needs boxhack.attacks.optimisation ({exc})") from None
     return optimise_attack(
         model, monitor, x0, goal="combined", norm=norm, solver=repair, labels=y, starts=starts,
-        time_limit=time_limit, n_jobs=n_jobs, seed=seed, **(options or {}),
+        max_evals=max_evals, time_limit=SAFETY_NET_S if time_limit is None else time_limit,
+        n_jobs=n_jobs, seed=seed, **(options or {}),
     )  # fmt: skip
 
 
@@ -97,7 +108,8 @@ def combined_attack(
     repair: str = "gradient",
     norm: str = "l1",
     fallback_norm: str | None = "l2",
-    time_limit: float | None = 30.0,
+    max_evals: int | None = MAX_EVALS["full"],
+    time_limit: float | None = None,
     n_jobs: int = 1,
     seed: int = 0,
     repair_options: dict | None = None,
@@ -112,7 +124,9 @@ def combined_attack(
         norm: the repair's distance (``"l1"`` as in the paper, or ``"l2"``).
         fallback_norm: gradient repair only: second try in this norm for samples still failing
             (``None``: no second try).
-        time_limit, n_jobs: per-sample time limit and parallel solves of the SciPy repairs.
+        max_evals: SciPy repairs: evaluations per sample (the budget); ``time_limit``: their
+            wall-clock safety net per sample (default 600 s, far above the budget's run time);
+            ``n_jobs``: parallel solves.
         repair_options: extra keyword arguments of the repair attack.
 
     Returns:
@@ -127,13 +141,17 @@ def combined_attack(
         raise BoxhackError(f"norm must be 'l1' or 'l2', got {norm!r}")
     if fallback_norm not in (None, "l1", "l2", "linf"):
         raise BoxhackError(f"fallback_norm must be 'l1', 'l2', 'linf' or None, got {fallback_norm!r}")
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # timings are reported, never used to decide anything
     first = run_adversarial(model, monitor, inputs, labels, attack, epsilon,
                             criterion="misclassify", seed=seed, **attack_kwargs)  # fmt: skip
     x0, y = first.x0, first.labels
     t1 = time.perf_counter()
     goal_met = (first.pred != y) & first.accepted
     stage = np.where(goal_met, "adversarial", "failed").astype(object)
+    # inputs misclassified and accepted from the start meet the goal without an attack: they
+    # are reported apart ("already"), never attacked or counted
+    already = (first.pred0 != y) & first.accepted0
+    stage[already] = "already"
     x_final = first.x.copy()
     info: dict = {"attack": first.info, "repair": repair, "norm": norm,
                   "fallback_norm": fallback_norm, "attack_s": t1 - t0}  # fmt: skip
@@ -146,8 +164,8 @@ def combined_attack(
             if not len(todo):
                 break
             rep = _repair_step(model, monitor, x0[todo], y[todo], first.x[todo], repair,
-                               step_norm, seed=seed, time_limit=time_limit, n_jobs=n_jobs,
-                               options=repair_options)  # fmt: skip
+                               step_norm, seed=seed, max_evals=max_evals, time_limit=time_limit,
+                               n_jobs=n_jobs, options=repair_options)  # fmt: skip
             ok = rep.success
             x_final[todo[ok]] = rep.x[ok]
             stage[todo[ok]] = label
@@ -159,7 +177,7 @@ def combined_attack(
     info["repair_s"] = time.perf_counter() - t1
     final = verify(model, monitor, x0, x_final, "combined", labels=y, pred0=first.pred0,
                    accepted0=first.accepted0, info={"stage": stage.tolist()})  # fmt: skip
-    stage[~final.success] = "failed"  # the final check decides
+    stage[~final.success & ~final.already] = "failed"  # the final check decides
     return CombinedResult(first=first, final=final, stage=stage, info=info)
 
 
@@ -167,7 +185,9 @@ def combined_attack(
 def _job(params: dict) -> dict:
     import torch
 
+    from boxhack.attacks.records import attack_record
     from boxhack.experiments.zoo import load_prepared
+    from boxhack.infra.arrays import encode_array
     from boxhack.models.layers import collect
 
     torch.set_num_threads(1)
@@ -181,7 +201,7 @@ def _job(params: dict) -> dict:
     res = combined_attack(
         model, monitor, x, y, attack=params["attack"], epsilon=params["epsilon"],
         repair=params["repair"], norm=params["norm"], fallback_norm=params["fallback_norm"],
-        time_limit=params["time_limit"], seed=params["seed"],
+        max_evals=params["max_evals"], time_limit=params["time_limit"], seed=params["seed"],
         repair_options=repair_options or None,
     )  # fmt: skip
     layer = monitor.layers_[0]
@@ -194,25 +214,34 @@ def _job(params: dict) -> dict:
 
     def verdicts(r: AttackResult) -> dict:
         return {"pred": r.pred.tolist(), "accepted": r.accepted.astype(int).tolist(),
-                "l1": np.round(r.l1, 4).tolist(), "l2": np.round(r.l2, 4).tolist(),
-                "linf": np.round(r.linf, 4).tolist()}  # fmt: skip
+                "l1": r.l1.tolist(), "l2": r.l2.tolist(), "linf": r.linf.tolist()}
 
+    refs = {"model": params["model_ref"], "monitor": params["monitor_ref"]}
+    records = []
+    if res.first.success.any():  # stage 1 (flipped), within its budget
+        records.append(attack_record(res.first, **refs, budget=res.first.info["budget"],
+                                     select=res.first.success))
+    if res.final.success.any():  # the final points: misclassified and accepted
+        records.append(attack_record(res.final, **refs, select=res.final.success))
     return {
         "indices": idx.tolist(),
         "labels": y.tolist(),
         "accepted0": res.first.accepted0.astype(int).tolist(),
+        "eligible": res.final.eligible.astype(int).tolist(),
+        "already": res.final.already.astype(int).tolist(),
         "adv": verdicts(res.first),
         "final": {**verdicts(res.final), "success": res.final.success.astype(int).tolist()},
         "stage": res.stage.tolist(),
-        "extra_l1": np.round(np.abs(extra).sum(1), 4).tolist(),
-        "extra_l2": np.round(np.sqrt((extra**2).sum(1)), 4).tolist(),
+        "extra_l1": np.abs(extra).sum(1).tolist(),
+        "extra_l2": np.sqrt((extra**2).sum(1)).tolist(),
         "features": feats,
         "layer": layer,
-        "examples": {
+        "attacks": records,
+        "examples": {  # exact float32 images of a few repaired samples
             "positions": repaired.tolist(),
-            "clean": [np.round(x[i].ravel(), 3).tolist() for i in repaired],
-            "adv": [np.round(res.first.x[i].ravel(), 3).tolist() for i in repaired],
-            "final": [np.round(res.final.x[i].ravel(), 3).tolist() for i in repaired],
+            "clean": encode_array(x[repaired]),
+            "adv": encode_array(res.first.x[repaired]),
+            "final": encode_array(res.final.x[repaired]),
         },
         "info": {k: v for k, v in res.info.items() if k != "attack"},
         "attack_s": res.info["attack_s"],
@@ -226,7 +255,7 @@ def _root(out_dir, models_root) -> Path:
 
 def _config(quick: bool, seed: int, options: dict) -> dict:
     known = {"n", "repair", "attack", "epsilon", "norm", "fallback_norm", "time_limit",
-             "n_clusters", "tolerance", "key", "repair_options", "chunk"}  # fmt: skip
+             "max_evals", "n_clusters", "tolerance", "key", "repair_options", "chunk"}  # fmt: skip
     unknown = set(options) - known
     if unknown:
         raise BoxhackError(f"experiment {NAME!r} has no option(s) {sorted(unknown)}")
@@ -250,7 +279,10 @@ def _config(quick: bool, seed: int, options: dict) -> dict:
         "repair": repair,
         "norm": options.get("norm") or "l1",
         "fallback_norm": None if fallback in (None, "none") else fallback,
-        "time_limit": float(options.get("time_limit") or (10.0 if quick else 30.0)),
+        # SciPy repairs: the evaluation budget per sample decides; the time limit is a safety
+        # net far above it (reproduce's --solve-timeout sets it)
+        "max_evals": int(options.get("max_evals") or MAX_EVALS["quick" if quick else "full"]),
+        "time_limit": float(options.get("time_limit") or SAFETY_NET_S),
         "n_clusters": int(options.get("n_clusters") or 1),
         "tolerance": float(options.get("tolerance") or 0.0),
         # SciPy repairs search a 20-dimensional PCA subspace of the training digits by default:
@@ -268,39 +300,52 @@ def run(out_dir, *, quick=False, n_jobs=None, scheduler=None, seed=0, progress=T
     of 50 per job, into ``out_dir/combined/rows.jsonl``; return the summary.
 
     Options: ``n``, ``repair`` ("gradient", "slsqp", "shgo", "none"), ``attack`` ("fgsm"),
-    ``epsilon`` (0.1), ``norm`` ("l1"), ``fallback_norm`` ("l2"), ``time_limit`` (per-sample
-    seconds of the SciPy repairs; ``solve_timeout`` from ``boxhack reproduce`` sets it too),
+    ``epsilon`` (0.1), ``norm`` ("l1"), ``fallback_norm`` ("l2"), ``max_evals`` (evaluations
+    per sample of the SciPy repairs: 2000 quick, 5000 full), ``time_limit`` (their wall-clock
+    safety net per sample, 600 s; ``solve_timeout`` from ``boxhack reproduce`` sets it too),
     ``n_clusters`` / ``tolerance`` of the monitor (1 / 0), ``repair_options``, ``chunk``."""
+    from boxhack.attacks.records import file_ref
     from boxhack.experiments.adversarial import select_correct
     from boxhack.experiments.campaign import Job, run_campaign
     from boxhack.experiments.zoo import monitor_path, prepare_model, prepare_monitor
+    from boxhack.infra.files import atomic_write_json, check_output_dir
+    from boxhack.infra.locks import exclusive
 
     start = time.perf_counter()
     if solve_timeout is not None and options.get("time_limit") is None:
         options["time_limit"] = solve_timeout
     cfg = _config(quick, seed, options)
-    root = _root(out_dir, models_root)
+    check_output_dir(out_dir)
     exp_dir = Path(out_dir) / NAME
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    model, info, dataset = prepare_model(cfg["key"], root)
-    if not monitor_path(root, cfg["key"], cfg["n_clusters"], cfg["tolerance"],
-                        info["default_layer"]).is_file():  # fmt: skip
-        prepare_monitor(cfg["key"], root, n_clusters=cfg["n_clusters"], tolerance=cfg["tolerance"])
-    indices = select_correct(model, dataset, cfg["n"], seed).tolist()
-    tag = (f"{cfg['mode']}/n{cfg['n']}/s{seed}/{cfg['attack']}{cfg['epsilon']:g}/{cfg['repair']}-"
-           f"{cfg['norm']}-{cfg['fallback_norm']}/k{cfg['n_clusters']}-tol{cfg['tolerance']:g}")
-    cfg["tag"] = tag
-    (exp_dir / "config.json").write_text(json.dumps({**cfg, "indices": indices}, indent=2) + "\n")
-    jobs = []
-    for c0 in range(0, len(indices), cfg["chunk"]):
-        params = {"root": str(root), **{k: v for k, v in cfg.items() if k not in ("n", "mode", "chunk")},
-                  "indices": indices[c0 : c0 + cfg["chunk"]]}  # fmt: skip
-        jobs.append(Job(f"{NAME}/{tag}/{c0}", params))
-    run_campaign(jobs, _job, exp_dir / "rows.jsonl", n_jobs=n_jobs, scheduler=scheduler,
-                 progress=progress, desc=NAME)  # fmt: skip
-    summary = summarise(out_dir, models_root=models_root, _keys={j.key for j in jobs})
-    summary["timing"]["elapsed_s"] = time.perf_counter() - start
-    (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with exclusive(exp_dir, f"experiment {NAME!r} directory"):
+        root = _root(out_dir, models_root)
+        model, info, dataset = prepare_model(cfg["key"], root)
+        mon_path = monitor_path(root, cfg["key"], cfg["n_clusters"], cfg["tolerance"],
+                                info["default_layer"])  # fmt: skip
+        if not mon_path.is_file():
+            prepare_monitor(cfg["key"], root, n_clusters=cfg["n_clusters"],
+                            tolerance=cfg["tolerance"])  # fmt: skip
+        indices = select_correct(model, dataset, cfg["n"], seed).tolist()
+        tag = (f"{cfg['mode']}/n{cfg['n']}/s{seed}/{cfg['attack']}{cfg['epsilon']:g}/"
+               f"{cfg['repair']}-{cfg['norm']}-{cfg['fallback_norm']}/"
+               f"k{cfg['n_clusters']}-tol{cfg['tolerance']:g}"
+               + (f"/e{cfg['max_evals']}" if cfg["repair"] in ("slsqp", "shgo") else ""))
+        cfg["tag"] = tag
+        atomic_write_json(exp_dir / "config.json", {**cfg, "indices": indices})
+        refs = {"model_ref": file_ref(root / "models" / cfg["key"], base=out_dir,
+                                      sha256=info["sha256"]),
+                "monitor_ref": file_ref(mon_path, base=out_dir)}  # fmt: skip
+        jobs = []
+        for c0 in range(0, len(indices), cfg["chunk"]):
+            params = {"root": str(root), **refs,
+                      **{k: v for k, v in cfg.items() if k not in ("n", "mode", "chunk")},
+                      "indices": indices[c0 : c0 + cfg["chunk"]]}  # fmt: skip
+            jobs.append(Job(f"{NAME}/{tag}/{c0}", params))
+        run_campaign(jobs, _job, exp_dir / "rows.jsonl", n_jobs=n_jobs, scheduler=scheduler,
+                     progress=progress, desc=NAME)  # fmt: skip
+        summary = summarise(out_dir, models_root=models_root, _keys={j.key for j in jobs})
+        summary["timing"]["elapsed_s"] = time.perf_counter() - start
+        atomic_write_json(exp_dir / "summary.json", summary)
     return summary
 
 
@@ -312,7 +357,8 @@ def _med(a) -> float | None:
 
 def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
     """Tables, figures and summary.json from ``out_dir/combined/rows.jsonl`` (and the cached
-    monitor, for the boxes in the projections)."""
+    monitor, for the boxes in the projections). Counts are over the digits attacked."""
+    from boxhack.infra.files import atomic_write_json
     from boxhack.infra.jsonl import latest_by_key, read_rows
 
     exp_dir = Path(out_dir) / NAME
@@ -339,37 +385,41 @@ def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
 
     labels = cat(["labels"])
     n = len(labels)
+    att = cat(["eligible"]).astype(bool)
     stage = cat(["stage"])
     adv_pred, adv_acc = cat(["adv", "pred"]), cat(["adv", "accepted"]).astype(bool)
     fin_pred, fin_acc = cat(["final", "pred"]), cat(["final", "accepted"]).astype(bool)
-    success = cat(["final", "success"]).astype(bool)
-    flipped = adv_pred != labels
+    success = cat(["final", "success"]).astype(bool) & att
+    flipped = (adv_pred != labels) & att
     adv_ok = flipped & adv_acc
     rep = np.isin(stage, ["repair", "fallback"])
     rejected = flipped & ~adv_acc
     extra_l1 = cat(["extra_l1"])
     fb = int((stage == "fallback").sum())
+    n_att = int(att.sum())
+    attack = cfg.get("attack", "fgsm")
     repair = cfg.get("repair", res[0]["info"].get("repair"))
     counts = {
         "samples": n,
-        "flipped by the attack": int(flipped.sum()),
-        "flipped and accepted after the attack alone": int(adv_ok.sum()),
+        "attacked": n_att,
+        "already misclassified and accepted (not attacked)": n - n_att,
+        f"flipped by {attack}": int(flipped.sum()),
+        f"flipped and accepted after {attack} alone": int(adv_ok.sum()),
         "flipped but rejected": int(rejected.sum()),
-        "not flipped": int((~flipped).sum()),
+        "not flipped": int((att & ~flipped).sum()),
         "repaired (of flipped but rejected)": int((rep & rejected).sum()),
-        "repaired (of not flipped)": int((rep & ~flipped).sum()),
+        "repaired (of not flipped)": int((rep & att & ~flipped).sum()),
         "  of which by the fallback norm": fb,
         "final: misclassified and accepted": int(success.sum()),
     }
-    attack_name = f"{cfg.get('attack', 'fgsm')} (Linf {cfg.get('epsilon', 0.1):g})" \
-        if cfg.get("attack", "fgsm") in ("fgsm", "pgd-linf", "deepfool-linf") else \
-        f"{cfg.get('attack')} ({cfg.get('epsilon')})"
+    norm_name = {"linf": "Linf ", "l2": "L2 "}.get(_attack_norm(attack), "")
+    attack_name = f"{attack} ({norm_name}{cfg.get('epsilon', 0.1):g})"
     table_counts = {
         "title": f"Combined attack over {n} correctly classified test digits: {attack_name}, then "
                  f"repair '{repair}' ({cfg.get('norm', 'l1').upper()}) of every sample that "
-                 f"misses 'misclassified and accepted'",
+                 f"misses 'misclassified and accepted'; shares of the {n_att} attacked",
         "columns": ["", "samples", "share"],
-        "rows": [[k, v, f"{v / n:.1%}"] for k, v in counts.items()],
+        "rows": [[k, v, f"{v / n_att:.1%}" if n_att else None] for k, v in counts.items()],
     }  # fmt: skip
     l1_adv, l1_fin = cat(["adv", "l1"]), cat(["final", "l1"])
     l2_adv, l2_fin = cat(["adv", "l2"]), cat(["final", "l2"])
@@ -387,27 +437,30 @@ def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
              _med(li_fin[success])],
         ],
     }  # fmt: skip
-    rate = success.mean() if n else float("nan")
+    rate = success.sum() / n_att if n_att else float("nan")
     rate_flipped = success[flipped].mean() if flipped.any() else float("nan")
     paper = [{
         "claim": "FGSM then the L1 Attack 2 (SHGO) on the samples the monitor rejected, without "
                  "the same-prediction constraint: 100% attack success over 300 MNIST samples",
-        "measured": f"{int(success.sum())}/{n} = {rate:.1%} misclassified and accepted "
-                    f"({int(adv_ok.sum())} after {cfg.get('attack', 'fgsm')} alone, "
+        "measured": f"{int(success.sum())}/{n_att} = {rate:.1%} misclassified and accepted "
+                    f"({int(adv_ok.sum())} after {attack} alone, "
                     f"{int(rep.sum())} repaired by '{repair}'"
                     + (f", {fb} of them by the {cfg.get('fallback_norm')} fallback" if fb else "")
-                    + f"); of the samples the attack flipped: {rate_flipped:.1%}",
-        "note": _note(repair, n, int((~flipped).sum()), int(success.sum()), cfg),
+                    + f"); of the samples {attack} flipped: {rate_flipped:.1%}",
+        "note": _note(repair, n_att, int((att & ~flipped).sum()), int(success.sum()), cfg),
     }]  # fmt: skip
     figures = _figures(exp_dir, res, labels, adv_pred, adv_acc, fin_pred, fin_acc, cfg,
                        models_root if models_root is not None else Path(out_dir) / "models")
     desc = (
-        f"{cfg.get('attack', 'fgsm')} at {cfg.get('epsilon', 0.1):g} on {n} correctly classified "
-        f"test digits of the 10-class MNIST MLP (monitor: {cfg.get('n_clusters', 1)} box(es) per "
-        f"class, tolerance {cfg.get('tolerance', 0.0):g}, layer relu2); every sample not yet "
-        f"misclassified-and-accepted then gets the '{repair}' repair (goal 'combined', "
-        f"{cfg.get('norm', 'l1').upper()}, started at its adversarial sample, distance measured "
-        f"from the clean digit). Success is verified on the final points."
+        f"{attack} at {cfg.get('epsilon', 0.1):g} on {n} correctly classified test digits (a "
+        f"seeded, class-balanced draw) of the {cfg.get('key', KEY)} MLP (monitor: "
+        f"{cfg.get('n_clusters', 1)} box(es) per class, tolerance {cfg.get('tolerance', 0.0):g}, "
+        f"layer relu2); every sample not yet misclassified-and-accepted then gets the "
+        f"'{repair}' repair (goal 'combined', {cfg.get('norm', 'l1').upper()}, started at its "
+        f"adversarial sample, distance measured from the clean digit)"
+        + (f", bounded by {cfg.get('max_evals')} evaluations per sample"
+           if repair in ("slsqp", "shgo") else "")
+        + ". Success is verified on the final points."
     )
     summary = {
         "name": NAME,
@@ -423,37 +476,54 @@ def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
                    "attack_s": float(sum(r["attack_s"] for r in res)),
                    "repair_s": float(sum(r["repair_s"] for r in res))},
     }  # fmt: skip
-    (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(exp_dir / "summary.json", summary)
     return summary
 
 
+def _attack_norm(attack: str) -> str | None:
+    from boxhack.attacks.adversarial import ATTACKS
+
+    spec = ATTACKS.get(attack)
+    return None if spec is None else spec.norm
+
+
 def _note(repair, n, not_flipped, ok, cfg) -> str:
+    attack = cfg.get("attack", "fgsm")
+    norm, fallback = cfg.get("norm", "l1").upper(), cfg.get("fallback_norm")
     parts = []
     if repair == "gradient":
         parts.append(
-            "The repair is boxhack's monitor-aware gradient attack (minimal L1 from the clean "
-            "digit, started at the FGSM sample; L2 for any it leaves) instead of the paper's "
-            "SHGO, which is available as --repair shgo (SciPy on 784 input dimensions, "
-            "time-limited per sample; see docs/reproduction.md for how it fares)."
+            f"The repair is boxhack's monitor-aware gradient attack (minimal {norm} from the "
+            f"clean digit, started at the {attack} sample"
+            + (f"; {fallback.upper()} for any it leaves" if fallback else "")
+            + ") instead of the paper's SHGO, which is available as --repair shgo (SciPy, "
+            "bounded by an evaluation budget per sample; see docs/reproduction.md for how it "
+            "fares)."
         )
     elif repair in ("slsqp", "shgo"):
         space = (cfg.get("repair_options") or {}).get("space", "input")
         parts.append(f"Repair with SciPy {repair.upper()} (search space {space}; the paper used "
-                     f"SHGO on the 784 pixels), time limit {cfg.get('time_limit')} s per sample.")
-    parts.append(
-        f"All samples count, also the {not_flipped} FGSM did not flip (repaired too, since the "
-        f"goal 'combined' only asks for a wrong and accepted prediction); the paper does not say "
-        f"how it counted those, nor its FGSM budget or network."
-    )
+                     f"SHGO on the 784 pixels), at most {cfg.get('max_evals')} evaluations per "
+                     f"sample.")
+    if repair != "none":
+        parts.append(
+            f"All attacked samples count, also the {not_flipped} {attack} did not flip (repaired "
+            f"too, since the goal 'combined' only asks for a wrong and accepted prediction); the "
+            f"paper does not say how it counted those, nor its FGSM budget or network."
+        )
     if ok < n:
-        parts.append(f"{n - ok} sample(s) stayed unsolved within the repair's budget.")
+        parts.append(f"{n - ok} of {n} sample(s) stayed unsolved"
+                     + (" within the repair's budget." if repair != "none" else "."))
     return " ".join(parts)
 
 
 def _figures(exp_dir, res, labels, adv_pred, adv_acc, fin_pred, fin_acc, cfg, root) -> list:
+    from boxhack.infra.arrays import decode_array
     from boxhack.report.adversarial_figures import plot_figure9, plot_images
+    from boxhack.report.curves import save_png
 
     figures = []
+    attack = cfg.get("attack", "fgsm")
     feats = {k: np.concatenate([np.asarray(r["features"][k], dtype=np.float32) for r in res])
              for k in ("clean", "adv", "final")}  # fmt: skip
     monitor = None
@@ -469,37 +539,41 @@ def _figures(exp_dir, res, labels, adv_pred, adv_acc, fin_pred, fin_acc, cfg, ro
     fig = plot_figure9(
         feats["adv"], adv_pred, adv_acc, feats["final"], fin_pred, fin_acc, monitor,
         features_clean=feats["clean"], layer=res[0]["layer"],
-        titles=(f"(a) after {cfg.get('attack', 'fgsm')} (arrows from the clean digits)",
-                f"(b) after the repair (arrows from the {cfg.get('attack', 'fgsm')} samples)"),
+        titles=(f"(a) after {attack} (arrows from the clean digits)",
+                f"(b) after the repair (arrows from the {attack} samples)"),
     )  # fmt: skip
-    fig.savefig(exp_dir / "figure9.png", dpi=110)
+    save_png(fig, exp_dir / "figure9.png")
     figures.append({
         "path": "figure9.png",
-        "caption": "Figure 9: PCA projection of the monitored layer (relu2) with the boxes of the "
-                   "monitor: stars are samples the monitor rejects, dots accepted ones, colour = "
-                   "predicted class. (a) the adversarial samples, (b) after the repair.",
+        "caption": f"Figure 9: PCA projection of the monitored layer ({res[0]['layer']})"
+                   + (" with the boxes of the monitor" if monitor is not None else
+                      " (the monitor file was not found: boxes not drawn)")
+                   + f": stars are samples the monitor rejects, dots accepted ones, colour = "
+                     f"predicted class. (a) the {attack} samples, (b) after the repair.",
     })  # fmt: skip
-    ex = [(r["examples"], r) for r in res if r["examples"]["positions"]]
+    ex = [r for r in res if r["examples"]["positions"]]
     if ex:
         clean, adv, fin, caps = [], [], [], [[], [], []]
-        for e, r in ex:
+        for r in ex:
+            e = r["examples"]
+            images = {k: decode_array(e[k]) for k in ("clean", "adv", "final")}
             for j, pos in enumerate(e["positions"]):
-                clean.append(e["clean"][j])
-                adv.append(e["adv"][j])
-                fin.append(e["final"][j])
+                clean.append(images["clean"][j])
+                adv.append(images["adv"][j])
+                fin.append(images["final"][j])
                 caps[0].append(f"label {r['labels'][pos]}")
                 caps[1].append(f"pred {r['adv']['pred'][pos]}, "
                                f"{'acc.' if r['adv']['accepted'][pos] else 'rejected'}")
                 caps[2].append(f"pred {r['final']['pred'][pos]}, "
                                f"{'acc.' if r['final']['accepted'][pos] else 'rejected'}")
         k = min(8, len(clean))
-        fig = plot_images([("clean", clean[:k]), (cfg.get("attack", "fgsm"), adv[:k]),
-                           ("repaired", fin[:k])], [c[:k] for c in caps])  # fmt: skip
-        fig.savefig(exp_dir / "figure9_examples.png", dpi=110)
+        fig = plot_images([("clean", clean[:k]), (attack, adv[:k]), ("repaired", fin[:k])],
+                          [c[:k] for c in caps])  # fmt: skip
+        save_png(fig, exp_dir / "figure9_examples.png")
         figures.append({
             "path": "figure9_examples.png",
-            "caption": "Repaired samples: the clean digit, the adversarial sample the monitor "
-                       "rejected or that was not flipped, and the repaired input (misclassified "
-                       "and accepted).",
+            "caption": f"{k} repaired samples: the clean digit, the {attack} sample (rejected by "
+                       f"the monitor, or not flipped), and the repaired input (misclassified and "
+                       f"accepted).",
         })  # fmt: skip
     return figures

@@ -18,7 +18,6 @@ curves, and a few novel digits the monitor accepts or rejects), so the figures a
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -29,7 +28,9 @@ import numpy as np
 
 from boxhack.errors import BoxhackError
 from boxhack.experiments.campaign import Job, run_campaign
+from boxhack.infra.files import atomic_write_json, check_output_dir
 from boxhack.infra.jsonl import latest_by_key, read_rows
+from boxhack.infra.locks import exclusive
 
 NAME = "novelty"
 TITLE = "The networks and the monitor's novelty detection (Outside the Box)"
@@ -158,7 +159,7 @@ def _accuracy_job(p: dict[str, Any]) -> dict[str, Any]:
         "default_layer": info.get("default_layer"),
         "train_accuracy": accuracy(model, ds.x_train, ds.y_train),
         "test_accuracy": accuracy(model, ds.x_test, ds.y_test),
-        "train_seconds": (info.get("train") or {}).get("seconds"),
+        "train_s": (info.get("train") or {}).get("seconds"),  # timing: "_s"
         "train_seed": info.get("seed"),
         "split_seed": info.get("split_seed"),
     }
@@ -273,13 +274,6 @@ def run(
     if options:
         raise BoxhackError(f"novelty: unknown option(s) {sorted(options)}; known: networks, "
                            f"clusters, tolerances, elbow")
-    from boxhack.experiments.zoo import (
-        PAPER_NETWORKS,
-        monitor_path,
-        prepare_model,
-        prepare_monitor,
-    )
-    from boxhack.models.zoo import net_spec
 
     networks, clusters, tols = _check_grid(
         NETWORKS if networks is None else networks,
@@ -293,6 +287,23 @@ def run(
     if elbow and (None, 0.0) not in monitors:
         monitors.append((None, 0.0))
     root = Path(models_root) if models_root is not None else Path(out_dir) / "models"
+    check_output_dir(out_dir)
+    with exclusive(_dir(out_dir), f"experiment {NAME!r} directory"):  # before any write
+        _run_locked(out_dir, networks, monitors, root=root, n_jobs=n_jobs, scheduler=scheduler,
+                    progress=progress, seed=seed)
+        return summarise(out_dir)
+
+
+def _run_locked(out_dir, networks, monitors, *, root: Path, n_jobs, scheduler, progress,
+                seed) -> None:
+    from boxhack.experiments.zoo import (
+        PAPER_NETWORKS,
+        monitor_path,
+        prepare_model,
+        prepare_monitor,
+    )
+    from boxhack.models.zoo import net_spec
+
     # Train / fit once here, in the parent; the jobs only load from the cache. (What is cached
     # already is not loaded here: loading the embedded MNIST sample takes seconds.) One thread,
     # as in the campaign's workers: the weights then do not depend on which process trained
@@ -307,11 +318,8 @@ def run(
                 prepare_monitor(KNOWN_NETWORK, root, n_clusters=k, tolerance=tol, layer=layer,
                                 seed=seed)
     jobs = make_jobs(root, seed=seed, networks=networks, monitors=monitors, layer=layer)
-    d = _dir(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    run_campaign(jobs, job, d / "rows.jsonl", n_jobs=n_jobs, scheduler=scheduler,
+    run_campaign(jobs, job, _dir(out_dir) / "rows.jsonl", n_jobs=n_jobs, scheduler=scheduler,
                  progress=progress, desc=NAME)
-    return summarise(out_dir)
 
 
 # ------------------------------------------------------------------------------ summary
@@ -327,6 +335,12 @@ def _sorted_monitor_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return (k is None, k or 0, r["params"]["tolerance"])
 
     return sorted(rows, key=order)
+
+
+def _save_png(fig, path: Path) -> None:
+    from boxhack.report.curves import save_png
+
+    save_png(fig, path)
 
 
 def _figure_rates(mon_rows: list[dict[str, Any]], path: Path) -> None:
@@ -358,7 +372,7 @@ def _figure_rates(mon_rows: list[dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=8, loc="upper center", ncol=3, framealpha=0.9)
     ax.set_title("Box monitors of the digits 0-4 network: known vs novel digits", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    _save_png(fig, path)
 
 
 def _figure_roc(mon_rows: list[dict[str, Any]], path: Path) -> bool:
@@ -396,7 +410,7 @@ def _figure_roc(mon_rows: list[dict[str, Any]], path: Path) -> bool:
     ax.set_title("Graded novelty score, tolerance 0 (dots: the box decision)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    _save_png(fig, path)
     return True
 
 
@@ -432,7 +446,7 @@ def _figure_examples(row: dict[str, Any], path: Path) -> bool:
     fig.suptitle("Novel digits (5-9) as seen by the k=1, tolerance 0 monitor: "
                  "true digit → predicted class", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    _save_png(fig, path)
     return True
 
 
@@ -459,7 +473,7 @@ def summarise(out_dir: str | Path) -> dict[str, Any]:
                       _classes_text(r["result"]), r["result"]["parameters"],
                       r["result"]["n_train"], r["result"]["n_test"],
                       _pct(r["result"]["train_accuracy"]), _pct(r["result"]["test_accuracy"]),
-                      r["result"]["train_seconds"]] for r in acc_rows],
+                      r["result"].get("train_s", r["result"].get("train_seconds"))] for r in acc_rows],
         })
     if mon_rows:
         layer = mon_rows[0]["result"]["layer"]
@@ -525,9 +539,7 @@ def summarise(out_dir: str | Path) -> dict[str, Any]:
         "timing": {"wall_s": float(sum(float(r.get("wall_s") or 0) for r in rows)),
                    "jobs": len(rows)},
     }
-    tmp = d / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, d / "summary.json")
+    atomic_write_json(d / "summary.json", summary)
     return summary
 
 
@@ -565,6 +577,19 @@ def _find(mon_rows, k, tol):
     return None
 
 
+def _trend(values: Sequence[float | None]) -> str:
+    """``"up"``, ``"down"``, ``"flat"`` (all equal: a tie is a tie) or ``"mixed"``."""
+    vals = [v for v in values if v is not None]
+    steps = [b - a for a, b in itertools.pairwise(vals)]
+    if all(d == 0 for d in steps):
+        return "flat"
+    if all(d >= 0 for d in steps):
+        return "up"
+    if all(d <= 0 for d in steps):
+        return "down"
+    return "mixed"
+
+
 def _paper(acc_rows, mon_rows) -> list[dict[str, str]]:
     out = []
     base = _find(mon_rows, 1, 0.0) or (mon_rows[0]["result"]["metrics"] if mon_rows else None)
@@ -585,28 +610,38 @@ def _paper(acc_rows, mon_rows) -> list[dict[str, str]]:
     if len(ks) > 1:
         det = [_find(mon_rows, k, 0.0)["novelty_detection_rate"] for k in ks]
         fw = [_find(mon_rows, k, 0.0)["false_warning_rate"] for k in ks]
-        more = all(b is not None and a is not None and b >= a for a, b in itertools.pairwise(det))
+        trend = _trend(det)
         out.append({
             "claim": "More clusters (boxes) per class make the monitor reject more "
                      "(Section 4.3, said of adversarial samples).",
             "measured": "novel rejected, k=" + "/".join(map(str, ks)) + ": "
                         + " / ".join(_pct(v) for v in det) + "; false warnings: "
                         + " / ".join(_pct(v) for v in fw),
-            "note": ("Same direction for novel digits: finer boxes reject more novel inputs, at "
-                     "the price of more false warnings." if more else
-                     "Not monotone here for novel digits (k-means boxes need not nest)."),
+            "note": {
+                "up": "Same direction for novel digits: finer boxes reject more novel inputs"
+                      + (", at the price of more false warnings." if _trend(fw) == "up" else "."),
+                "flat": "No difference here: every k rejected the same share of novel digits.",
+                "down": "Differs: more boxes per class rejected fewer novel digits here.",
+                "mixed": "Not monotone here for novel digits (k-means boxes need not nest).",
+            }[trend],
         })
     tols = sorted({r["params"]["tolerance"] for r in mon_rows if r["params"]["n_clusters"] == 1})
     if len(tols) > 1:
         det = [_find(mon_rows, 1, t)["novelty_detection_rate"] for t in tols]
-        fewer = all(b is not None and a is not None and b <= a for a, b in itertools.pairwise(det))
+        trend = _trend(det)
         out.append({
             "claim": "A larger tolerance (0.1, 0.25) makes the monitor accept more "
                      "(Section 4.3).",
             "measured": "k=1, novel rejected at tolerance " + "/".join(f"{t:g}" for t in tols)
                         + ": " + " / ".join(_pct(v) for v in det),
-            "note": ("Same: widened boxes contain the tight ones, so fewer novel digits are "
-                     "rejected." if fewer else "Differs: a wider box rejected more here."),
+            "note": {
+                "down": "Same: widened boxes contain the tight ones, so fewer novel digits are "
+                        "rejected.",
+                "flat": "No difference here: every tolerance rejected the same share of novel "
+                        "digits (a widened box contains the tight one, so it cannot reject more).",
+                "up": "Differs: a wider box rejected more here.",
+                "mixed": "Differs: a wider box rejected more here.",
+            }[trend],
         })
     if acc_rows:
         out.append({

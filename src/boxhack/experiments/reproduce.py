@@ -1,30 +1,36 @@
 """``boxhack reproduce``: every experiment of the paper, end to end, into one report.
 
-:func:`reproduce` runs the experiment modules in order (``novelty``, ``solvers``,
-``adversarial``, ``combined``, ``gradient``; each follows the experiment contract: ``NAME``,
-``TITLE``, ``run(out_dir, ...)``, ``summarise(out_dir)``) into one run directory, sharing the
-trained networks and fitted monitors under ``out_dir/models``. Then it renders
-``out_dir/report.html`` (:func:`boxhack.report.html.render_report`).
+:func:`reproduce` runs the registered experiments in order (:mod:`boxhack.experiments.registry`:
+``novelty``, ``solvers``, ``adversarial``, ``combined``, ``gradient``; each follows the experiment
+contract: ``NAME``, ``TITLE``, ``run(out_dir, ...)``, ``summarise(out_dir)``) into one run
+directory, sharing the trained networks and fitted monitors under ``out_dir/models``. Then it
+renders ``out_dir/report.html`` (:func:`boxhack.report.html.render_report`).
 
-- An experiment module that is not installed yet is skipped with a visible note in the report.
+- The run directory is locked (:func:`boxhack.infra.locks.exclusive`) before anything is written
+  into it and for the whole run: a second ``reproduce`` (or ``report``) on the same directory is
+  refused at once and changes nothing. Each experiment's ``run()`` locks its own sub-directory;
+  the campaigns lock their ``rows.jsonl``: three different lock files, so they never conflict.
+- Only registered experiments run, imported from the registry; nothing named by data is ever
+  imported. A registered module that cannot be imported is that experiment's error.
 - An experiment that raises does not lose the others: its error and traceback go into
   ``run.json`` and the report, the next experiment runs, and ``reproduce`` returns normally;
   :func:`failed_experiments` (the CLI's exit code) tells afterwards.
 - Running again into the same directory resumes: every grid is a campaign whose finished jobs
-  are skipped (see :mod:`boxhack.experiments.campaign`).
+  are skipped (see :mod:`boxhack.experiments.campaign`). SIGTERM stops it like Ctrl-C: the
+  experiment is recorded as interrupted, its workers are killed, the report is rendered.
 
-``run.json`` records the invocations (configuration, seeds, versions, machine, start/finish,
-per-experiment status and wall time); :func:`rebuild_report` re-computes every summary from the
-JSONL rows alone and renders the report again (``boxhack report RUN_DIR``).
+``run.json`` records the invocations (configuration, seeds, versions, machine, per-experiment
+status). Clocks appear only under keys named ``"timing"`` (``{"started", "finished",
+"wall_s"}``: of the run, of each experiment, of each invocation) and the machine only under
+``"machine"``, so two run records compare equal apart from those (:func:`comparable`).
+:func:`rebuild_report` re-computes every summary from the JSONL rows alone and renders the
+report again (``boxhack report RUN_DIR``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import inspect
-import json
-import os
 import platform
 import socket
 import sys
@@ -35,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from boxhack.errors import BoxhackError
+from boxhack.experiments import registry
 
 __all__ = [
-    "EXPERIMENTS",
+    "RUN_FORMAT",
+    "comparable",
     "failed_experiments",
     "rebuild_report",
     "reproduce",
@@ -45,9 +53,7 @@ __all__ = [
     "versions",
 ]
 
-# Report / run order. Each is the module boxhack.experiments.<name>, whose NAME is <name>.
-EXPERIMENTS: tuple[str, ...] = ("novelty", "solvers", "adversarial", "combined", "gradient")
-# Titles shown for an experiment whose module is not there to say its own TITLE.
+# Titles shown for an experiment whose module could not say its own TITLE (it failed to import).
 _TITLES = {
     "novelty": "The networks and the monitor's novelty detection (Outside the Box)",
     "solvers": "Optimisation solvers, images and projections (paper figures 5-7)",
@@ -56,21 +62,19 @@ _TITLES = {
     "gradient": "Monitor-aware gradient attacks (beyond the paper)",
 }
 RUN_FORMAT = "boxhack-run"
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2  # 2: clocks moved under "timing"
 _PACKAGES = ("boxhack", "torch", "numpy", "scipy", "scikit-learn", "matplotlib", "foolbox",
              "eagerpy", "dask", "distributed", "tqdm", "pillow")
+TIMING = "timing"
+MACHINE = "machine"
 
 
-def _module_path(name: str) -> str:
-    return name if "." in name else f"boxhack.experiments.{name}"
-
-
-def _short(module_path: str) -> str:
-    return module_path.rsplit(".", 1)[-1]
-
-
-def resolve_only(only: str | Sequence[str] | None, known: Sequence[str] = EXPERIMENTS) -> list[str]:
-    """Validate an ``only`` selection (names or a comma-separated string) against ``known``."""
+def resolve_only(
+    only: str | Sequence[str] | None, known: Sequence[str] | None = None
+) -> list[str]:
+    """Validate an ``only`` selection (names or a comma-separated string) against ``known``
+    (default: the registered experiments); returns the selection in run order."""
+    known = registry.names() if known is None else tuple(known)
     if only is None:
         return list(known)
     items = [s.strip() for s in only.split(",")] if isinstance(only, str) else list(only)
@@ -116,11 +120,23 @@ def _now() -> str:
 
 
 def _write_run(path: Path, run: Mapping[str, Any]) -> None:
-    from boxhack.infra.jsonl import to_jsonable
+    from boxhack.infra.files import atomic_write_json
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(run), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, run, indent=2)
+
+
+def comparable(value: Any) -> Any:
+    """``value`` (a run record, or any part of one) without its ``"timing"`` and ``"machine"``
+    entries, at any depth: what two runs of the same command must agree on."""
+    if isinstance(value, Mapping):
+        return {k: comparable(v) for k, v in value.items() if k not in (TIMING, MACHINE)}
+    if isinstance(value, list):
+        return [comparable(v) for v in value]
+    return value
+
+
+def _timing(started: str | None = None) -> dict[str, Any]:
+    return {"started": started or _now(), "finished": None, "wall_s": None}
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -147,7 +163,6 @@ def reproduce(
     progress: bool = True,
     only: str | Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
-    experiments: Sequence[str] | None = None,
 ) -> Path:
     """Run the paper's experiments into ``out_dir`` and render ``out_dir/report.html``.
 
@@ -163,17 +178,20 @@ def reproduce(
         only: run only these experiments (names, or a comma-separated string).
         options: extra keyword arguments per experiment name, e.g.
             ``{"novelty": {"networks": ["mnist0-4"]}}``.
-        experiments: the experiment modules (default :data:`EXPERIMENTS`); bare names are
-            ``boxhack.experiments.<name>``, dotted paths are imported as given.
 
     Returns:
         The path of ``report.html``. Experiments that failed are recorded there and in
         ``run.json``; see :func:`failed_experiments`.
+
+    Raises:
+        BoxhackError: a bad argument, an unusable ``out_dir`` (a file, read-only), or
+            ``out_dir`` in use by another run; in each case before anything is written.
     """
-    modules = [_module_path(m) for m in (experiments or EXPERIMENTS)]
-    names = [_short(m) for m in modules]
-    if len(set(names)) != len(names):
-        raise BoxhackError(f"experiment names must be unique, got {names}")
+    from boxhack.infra.files import check_output_dir
+    from boxhack.infra.locks import exclusive
+    from boxhack.infra.procs import sigterm_raises
+
+    names = list(registry.names())
     selected = set(resolve_only(only, names))
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int)
                                or n_jobs < 1):
@@ -193,17 +211,45 @@ def reproduce(
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise BoxhackError(f"options for unknown experiment(s) {unknown}; known: {names}")
+    if scheduler is not None:
+        from boxhack.experiments.campaign import check_scheduler_address
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    models_root = out_dir / "models"
-    run_path = out_dir / "run.json"
+        check_scheduler_address(scheduler)
+
+    out_dir = check_output_dir(out_dir, "--out")
+    with exclusive(out_dir, "run directory"), sigterm_raises():
+        return _reproduce_locked(
+            out_dir, names=names, selected=selected, quick=quick, n_jobs=n_jobs,
+            scheduler=scheduler, solve_timeout=solve_timeout, seed=seed, progress=progress,
+            only=only, options=options)
+
+
+def _reproduce_locked(
+    out_dir: Path,
+    *,
+    names: list[str],
+    selected: set[str],
+    quick: bool,
+    n_jobs: int | None,
+    scheduler: str | None,
+    solve_timeout: float | None,
+    seed: int,
+    progress: bool,
+    only: Any,
+    options: dict[str, dict[str, Any]],
+) -> Path:
+    """:func:`reproduce` once the run directory is locked."""
     from boxhack.report.html import load_run, render_report
 
+    models_root = out_dir / "models"
+    run_path = out_dir / "run.json"
     previous = load_run(out_dir)
-    records: dict[str, Any] = dict(previous.get("experiments") or {})
+    if previous and previous.get("format_version") != RUN_FORMAT_VERSION:
+        previous = _upgrade(previous)
+    records: dict[str, Any] = {
+        k: v for k, v in (previous.get("experiments") or {}).items() if isinstance(v, Mapping)}
     for name, record in records.items():  # a run killed mid-experiment left "running" behind
-        if isinstance(record, Mapping) and record.get("status") == "running":
+        if record.get("status") == "running":
             records[name] = {**record, "status": "interrupted", "error": (
                 "an earlier run stopped while this experiment was running (killed?); run "
                 "reproduce again to resume it")}
@@ -220,8 +266,9 @@ def reproduce(
         "models_root": str(models_root),
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
     }
-    started, t0 = _now(), time.perf_counter()
-    invocation = {"started": started, "config": config, "experiments": []}
+    t0 = time.perf_counter()
+    timing = _timing()
+    invocation = {"config": config, "experiments": [], TIMING: dict(timing)}
     invocations.append(invocation)
     run: dict[str, Any] = {
         "format": RUN_FORMAT,
@@ -232,48 +279,42 @@ def reproduce(
             "seed (networks, monitors, sample draws)": seed,
             "data split seed": 0,
         },
-        "started": started,
-        "finished": None,
-        "wall_s": None,
         "versions": versions(),
-        "machine": _machine(n_jobs, scheduler),
+        MACHINE: _machine(n_jobs, scheduler),
         "order": names,
         "experiments": records,
         "invocations": invocations,
+        TIMING: timing,
     }
     _write_run(run_path, run)
 
-    todo = [(m, n) for m, n in zip(modules, names) if n in selected]
-    for i, (module_path, name) in enumerate(todo, 1):
+    todo = [n for n in names if n in selected]
+    for i, name in enumerate(todo, 1):
+        module_path = registry.EXPERIMENTS[name]
         record: dict[str, Any] = {"module": module_path, "title": _TITLES.get(name, name),
-                                  "started": _now()}
+                                  TIMING: _timing()}
         try:
-            module = importlib.import_module(module_path)
-        except ModuleNotFoundError as exc:
-            missing = exc.name or ""
-            if missing and (module_path == missing or module_path.startswith(missing + ".")):
-                record.update(status="skipped", wall_s=None,
-                              note=f"not run: module {module_path} is not available yet")
-                _log(progress, f"[{i}/{len(todo)}] {name}: skipped ({module_path} not found)")
-                records[name] = record
-                continue
-            record.update(status="error", wall_s=0.0, error=f"import failed: {exc}",
-                          traceback=traceback.format_exc())
+            module = registry.experiment_module(name)
+        except BoxhackError as exc:
+            cause = exc.__cause__ or exc
+            record.update(status="error", error=str(exc), traceback="".join(
+                traceback.format_exception(type(cause), cause, cause.__traceback__)))
+            _end(record)
             records[name] = record
-            continue
-        except Exception as exc:  # noqa: BLE001 - a broken module is this experiment's error
-            record.update(status="error", wall_s=0.0,
-                          error=f"import failed: {type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc())
-            records[name] = record
+            invocation["experiments"].append(name)
+            _log(progress, f"[{i}/{len(todo)}] {name}: FAILED ({exc})")
+            _write_run(run_path, run)
             continue
         record["title"] = getattr(module, "TITLE", name)
         if getattr(module, "NAME", None) != name or not callable(getattr(module, "run", None)):
-            record.update(status="error", wall_s=0.0, error=(
+            record.update(status="error", error=(
                 f"{module_path} does not follow the experiment contract: it needs NAME = "
                 f"{name!r} (its sub-directory), run(out_dir, ...) and summarise(out_dir)"))
+            _end(record)
             records[name] = record
+            invocation["experiments"].append(name)
             _log(progress, f"[{i}/{len(todo)}] {name}: FAILED ({record['error']})")
+            _write_run(run_path, run)
             continue
         kwargs: dict[str, Any] = {"quick": quick, "n_jobs": n_jobs, "scheduler": scheduler,
                                   "seed": seed, "progress": progress, "models_root": models_root}
@@ -287,21 +328,25 @@ def reproduce(
         _write_run(run_path, run)
         try:
             module.run(out_dir, **kwargs)
-        except KeyboardInterrupt:
-            record.update(status="interrupted", wall_s=time.perf_counter() - start,
-                          error="interrupted (Ctrl-C); run the same command again to resume")
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (boxhack.infra.procs.Terminated)
+            how = str(exc) or "interrupted (Ctrl-C)"
+            record.update(status="interrupted",
+                          error=f"{how}; run the same command again to resume")
+            _end(record, start)
             records[name] = record
+            invocation["experiments"].append(name)
             _finish(run, invocation, run_path, t0)
             render_report(out_dir)
             raise
         except Exception as exc:  # noqa: BLE001 - the other experiments must still run
-            record.update(status="error", wall_s=time.perf_counter() - start,
-                          error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc())
             _log(progress, f"[{i}/{len(todo)}] {name}: FAILED ({type(exc).__name__}: {exc})")
         else:
-            record.update(status="ok", wall_s=time.perf_counter() - start)
-            _log(progress, f"[{i}/{len(todo)}] {name}: done in {record['wall_s']:.1f} s")
-        record["finished"] = _now()
+            record.update(status="ok")
+        _end(record, start)
+        if record["status"] == "ok":
+            _log(progress, f"[{i}/{len(todo)}] {name}: done in {record[TIMING]['wall_s']:.1f} s")
         records[name] = record
         invocation["experiments"].append(name)
         _write_run(run_path, run)
@@ -312,21 +357,50 @@ def reproduce(
     return report
 
 
+def _end(record: dict[str, Any], start: float | None = None) -> None:
+    """Close ``record``'s timing: finished now, after ``perf_counter() - start`` seconds."""
+    timing = record.setdefault(TIMING, _timing())
+    timing["finished"] = _now()
+    timing["wall_s"] = 0.0 if start is None else time.perf_counter() - start
+
+
 def _finish(run: dict[str, Any], invocation: dict[str, Any], path: Path, t0: float) -> None:
-    run["finished"] = invocation["finished"] = _now()
-    run["wall_s"] = invocation["wall_s"] = time.perf_counter() - t0
+    finished, wall = _now(), time.perf_counter() - t0
+    for timing in (run[TIMING], invocation[TIMING]):
+        timing.update(finished=finished, wall_s=wall)
     _write_run(path, run)
 
 
+def _upgrade(run: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 run record (clocks beside the results) with its clocks under "timing"."""
+    def move(d: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in d.items() if k not in ("started", "finished", "wall_s")}
+        old = {k: d[k] for k in ("started", "finished", "wall_s") if k in d}
+        if old and TIMING not in out:
+            out[TIMING] = {"started": None, "finished": None, "wall_s": None, **old}
+        return out
+
+    run = move(run)
+    exps = run.get("experiments")
+    if isinstance(exps, Mapping):
+        run["experiments"] = {k: move(v) if isinstance(v, Mapping) else v
+                              for k, v in exps.items()}
+    invs = run.get("invocations")
+    if isinstance(invs, list):
+        run["invocations"] = [move(v) if isinstance(v, Mapping) else v for v in invs]
+    return run
+
+
 def failed_experiments(out_dir: str | Path) -> dict[str, str]:
-    """``{name: error}`` for the experiments whose latest run failed (per ``run.json``)."""
+    """``{name: error}`` for the registered experiments whose latest run failed (``run.json``)."""
     from boxhack.report.html import load_run
 
     records = load_run(out_dir).get("experiments") or {}
     return {
         name: str(r.get("error") or r.get("status"))
         for name, r in records.items()
-        if isinstance(r, Mapping) and r.get("status") in ("error", "interrupted", "running")
+        if registry.is_registered(name) and isinstance(r, Mapping)
+        and r.get("status") in ("error", "interrupted", "running")
     }
 
 
@@ -335,36 +409,46 @@ def rebuild_report(
 ) -> tuple[Path, dict[str, str]]:
     """Re-compute every experiment's summary from its JSONL rows, then render the report.
 
-    For each experiment directory holding ``rows.jsonl``, imports its module (the one
-    ``run.json`` recorded, else ``boxhack.experiments.<dir name>``) and calls
-    ``summarise(run_dir)``, which rewrites ``summary.json`` and the figures. A summarise that
-    fails is reported (in the report and the returned dict), not raised.
+    For each *registered* experiment whose sub-directory holds ``rows.jsonl``, calls the
+    registry's module's ``summarise(run_dir)``, which rewrites ``summary.json`` and the
+    figures. Nothing found in the directory is imported: a sub-directory whose name is not a
+    registered experiment, and any ``"module"`` a ``run.json`` records, are only reported
+    ("unknown experiment directory X: ignored"). A summarise that fails is reported (in the
+    report and the returned dict), not raised. The run directory is locked meanwhile, and each
+    experiment's sub-directory while it is re-summarised, so a running ``reproduce`` or
+    ``boxhack experiment`` there is refused rather than overwritten.
 
     Returns:
         ``(report path, {experiment: error})``.
     """
-    from boxhack.report.html import ROWS_FILE, load_run, render_report
+    from boxhack.infra.files import check_output_dir
+    from boxhack.infra.locks import exclusive
+    from boxhack.report.html import ROWS_FILE, check_report_out, find_experiments, render_report
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BoxhackError(f"run directory {run_dir} does not exist")
-    run = load_run(run_dir)
-    records = run.get("experiments") or {}
-    order = [n for n in (run.get("order") or []) if isinstance(n, str)]
-    subdirs = sorted(p.name for p in run_dir.iterdir() if (p / ROWS_FILE).is_file())
-    names = [n for n in order if n in subdirs] + [n for n in subdirs if n not in order]
-    if not names:
+    try:
+        check_output_dir(run_dir, "RUN_DIR")
+    except BoxhackError as exc:
         raise BoxhackError(
-            f"{run_dir} holds no experiment rows (no <experiment>/rows.jsonl); run "
-            f"`boxhack reproduce --out {run_dir}` first"
-        )
-    errors: dict[str, str] = {}
-    for name in names:
-        record = records.get(name) if isinstance(records.get(name), Mapping) else {}
-        module_path = record.get("module") or _module_path(name)
-        try:
-            module = importlib.import_module(module_path)
-            module.summarise(run_dir)
-        except Exception as exc:  # noqa: BLE001 - one experiment's failure is shown, not fatal
-            errors[name] = f"{type(exc).__name__}: {exc}"
-    return render_report(run_dir, out, errors=errors), errors
+            f"{exc}; re-summarising rewrites RUN_DIR's summaries: to only render the report, "
+            f"add --no-summarise --out FILE (FILE in a writable place)") from None
+    out = check_report_out(out)
+    with exclusive(run_dir, "run directory"):
+        known, _unknown = find_experiments(run_dir)
+        names = [n for n in known if (run_dir / n / ROWS_FILE).is_file()]
+        if not names:
+            raise BoxhackError(
+                f"{run_dir} holds no experiment rows (no <experiment>/rows.jsonl for any of "
+                f"{', '.join(registry.names())}); run `boxhack reproduce --out {run_dir}` first"
+            )
+        errors: dict[str, str] = {}
+        for name in names:
+            try:
+                module = registry.experiment_module(name)
+                with exclusive(run_dir / name, f"experiment directory ({name})"):
+                    module.summarise(run_dir)
+            except Exception as exc:  # noqa: BLE001 - one experiment's failure is shown, not fatal
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        return render_report(run_dir, out, errors=errors), errors

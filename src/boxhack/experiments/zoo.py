@@ -4,12 +4,20 @@ Experiments name a network by a short key (``xor``, ``tanh``, ``mnist2``, ``mnis
 ``mnist10``, ``mnist0-4``); ``prepare_model`` trains it on first use and caches it under
 ``root/models/<key>``, ``prepare_monitor`` does the same for a monitor under
 ``root/monitors/``. A file lock makes concurrent workers train each artefact only once.
+
+A cache entry is trusted only once it loads: a model directory whose ``model.json`` is missing,
+empty or corrupt, or whose weights are missing or do not match its recorded SHA-256, and a
+monitor file that does not load (truncated, corrupt), are rebuilt under the lock with a
+warning, instead of failing every later run until someone deletes them by hand. The writers
+are atomic (:func:`boxhack.models.io.save_model`, ``BoxMonitor.save``), so a damaged entry means
+an older boxhack, a full disk or a hand edit.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,11 +62,30 @@ def prepare_model(key: str, root: str | Path, *, seed: int = 0):
     dataset = network_dataset(key)
     directory = Path(root) / "models" / key
     with _locked(directory.parent / f".{key}.lock"):
-        if not (directory / "model.json").is_file():
+        loaded = _load_cached_model(directory)
+        if loaded is None:
             model, info = train_model(arch, dataset, seed=seed)
             save_model(model, directory, info)
-    model, info = load_model(directory)
+            loaded = load_model(directory)
+    model, info = loaded
     return model, info, dataset
+
+
+def _load_cached_model(directory: Path):
+    """``(model, info)`` from the cache, or ``None`` when there is no whole, valid entry."""
+    if not directory.exists():
+        return None
+    if not (directory / "model.json").is_file():
+        if (directory / "model.pt").exists():
+            warnings.warn(f"model cache {directory}: weights without model.json (an interrupted "
+                          f"save); training it again", stacklevel=3)
+        return None
+    try:
+        return load_model(directory)
+    except BoxhackError as exc:
+        warnings.warn(f"model cache {directory} is damaged ({exc}); training it again",
+                      stacklevel=3)
+        return None
 
 
 def monitor_path(root: str | Path, key: str, n_clusters: int, tolerance: float, layer: str) -> Path:
@@ -81,12 +108,28 @@ def prepare_monitor(
     layer = layer or info["default_layer"]
     path = monitor_path(root, key, n_clusters, tolerance, layer)
     with _locked(path.with_suffix(".lock")):
-        if not path.is_file():
-            monitor = BoxMonitor(n_clusters=n_clusters, tolerance=tolerance, seed=seed)
-            monitor.fit(model, [layer], dataset.x_train, dataset.y_train)
+        monitor = None
+        if path.is_file():
+            try:
+                monitor = BoxMonitor.load(path)
+            except BoxhackError as exc:
+                warnings.warn(f"monitor cache {path} is damaged ({exc}); fitting it again",
+                              stacklevel=2)
+            else:
+                recorded = (monitor.metadata_ or {}).get("model_sha256")
+                if recorded is not None and recorded != info.get("sha256"):
+                    warnings.warn(f"monitor cache {path} was fitted on other weights than the "
+                                  f"cached {key} model (rebuilt since?); fitting it again",
+                                  stacklevel=2)
+                    monitor = None
+        if monitor is None:
+            fitted = BoxMonitor(n_clusters=n_clusters, tolerance=tolerance, seed=seed)
+            fitted.fit(model, [layer], dataset.x_train, dataset.y_train,
+                       model_sha256=info.get("sha256"))
             path.parent.mkdir(parents=True, exist_ok=True)
-            monitor.save(path)
-    return model, BoxMonitor.load(path), info, dataset
+            fitted.save(path)
+            monitor = BoxMonitor.load(path)
+    return model, monitor, info, dataset
 
 
 @functools.lru_cache(maxsize=32)

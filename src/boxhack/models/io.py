@@ -2,6 +2,11 @@
 ``model.json`` (architecture, classes, data, seeds, accuracy, versions, and the SHA-256 of
 model.pt so a changed or corrupt weights file is caught before it is used).
 
+``save_model`` writes both files through write-temp-then-rename, ``model.json`` last (an
+existing one is removed before the new weights take its place), so a directory holding a
+``model.json`` holds a whole model: a kill or a full disk mid-save leaves the old model, or no
+``model.json`` at all, never a truncated file that ``load_model`` would trust.
+
 ``load_any_model`` also takes a user's own network: a TorchScript file, or
 ``package.module:ClassName`` plus a state-dict file.
 """
@@ -20,6 +25,7 @@ import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError
+from boxhack.infra.files import atomic_path, atomic_write_json
 from boxhack.models.zoo import NETWORKS, build_model
 
 WEIGHTS = "model.pt"
@@ -36,25 +42,52 @@ def sha256_file(path: str | Path) -> str:
 
 
 def save_model(model: nn.Module, out_dir: str | Path, info: dict) -> Path:
-    """Write ``model.pt`` and ``model.json`` into ``out_dir``; returns the directory."""
+    """Write ``model.pt`` and ``model.json`` into ``out_dir`` atomically; returns the directory.
+
+    If writing the weights fails (``torch.save`` raises, the disk is full) nothing in
+    ``out_dir`` changes. Otherwise an old ``model.json`` is removed before the new weights are
+    renamed into place and the new ``model.json`` is written last: its presence means a whole
+    model whose ``sha256`` is that of the weights beside it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out / WEIGHTS)
     meta = dict(info)
-    meta["sha256"] = sha256_file(out / WEIGHTS)
-    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_path(out / WEIGHTS) as tmp:
+        # Through a file object: given a path, torch.save names the zip's top folder after the
+        # (random) temporary file name, and the same weights would get a different SHA-256.
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+        meta["sha256"] = sha256_file(tmp)
+        (out / META).unlink(missing_ok=True)  # no model.json beside weights it does not describe
+    atomic_write_json(out / META, meta, indent=2)
     return out
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _load_state_dict(path: Path) -> dict:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BoxhackError(f"weights file {path} not found") from None
+    except OSError as exc:
+        raise BoxhackError(f"cannot read weights {path}: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise BoxhackError(f"weights {path} is a directory; give the state-dict file")
+    if size == 0:
+        raise BoxhackError(
+            f"weights file {path} is empty (0 bytes: an interrupted save?); retrain the model "
+            f"or restore the file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise BoxhackError(f"cannot read weights {path}: {str(exc).splitlines()[0]} (corrupt file?)")
-    except Exception as exc:  # weights_only refuses anything that is not plain tensors
+        raise BoxhackError(f"cannot read weights {path}: {_first_line(exc)} (corrupt file?)")
+    except Exception as exc:  # noqa: BLE001 - weights_only refuses all but plain tensors
         raise BoxhackError(
             f"refusing to load {path}: it is not a plain state dict of tensors "
             f"({type(exc).__name__}); boxhack never unpickles arbitrary objects"
@@ -101,7 +134,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     try:
         info = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BoxhackError(f"{meta_path} is not valid JSON ({exc}); the file is corrupt")
+        raise BoxhackError(f"{meta_path} is not valid JSON ({exc}); the file is corrupt "
+                           f"(an interrupted save?): retrain the model or restore the file")
     if not isinstance(info, dict) or info.get("format") != "boxhack-model":
         raise BoxhackError(f"{meta_path} is not a boxhack model description")
     if info.get("format_version") != FORMAT_VERSION:
@@ -176,12 +210,24 @@ def load_any_model(spec: str | Path, weights: str | Path | None = None) -> tuple
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
             raise BoxhackError(f"cannot import {text!r}: {exc}; is the package on PYTHONPATH?")
-        model = cls()
-        if not isinstance(model, nn.Module):
-            raise BoxhackError(f"{text} is not a torch.nn.Module class")
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise BoxhackError(f"{text} is not a torch.nn.Module class; give the class of a "
+                               f"classifier network, or a TorchScript file")
         if weights is None:
             raise BoxhackError(f"{text} needs its weights: pass a state-dict file with --weights")
-        _apply_state(model, _load_state_dict(Path(weights)), str(weights))
+        try:
+            model = cls()
+        except Exception as exc:  # noqa: BLE001 - any constructor failure is the same user error
+            raise BoxhackError(
+                f"cannot build {text} without arguments ({type(exc).__name__}: "
+                f"{_first_line(exc)}); boxhack instantiates ClassName() with no arguments: give "
+                f"a class whose constructor needs none (wrap yours), or save the network as a "
+                f"TorchScript file") from None
+        state = _load_state_dict(Path(weights))
+        if not any(True for _ in model.parameters()):
+            raise BoxhackError(f"{text}() has no parameters, so it is not a trained classifier; "
+                               f"give the class of your classifier network")
+        _apply_state(model, state, str(weights))
         model.eval()
         return model, _user_info(text, model)
     if path.is_file():
@@ -189,9 +235,9 @@ def load_any_model(spec: str | Path, weights: str | Path | None = None) -> tuple
             with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; still supported
                 warnings.simplefilter("ignore", DeprecationWarning)
                 model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # not TorchScript
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is not TorchScript
             raise BoxhackError(
-                f"{path} is not a TorchScript file ({str(exc).splitlines()[0][:120]}); for a "
+                f"{path} is not a TorchScript file ({_first_line(exc)[:120]}); for a "
                 "state dict pass package.module:ClassName and --weights FILE"
             )
         model = unscript(model).eval()

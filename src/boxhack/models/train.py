@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 
@@ -80,7 +81,7 @@ def train_model(
         raise BoxhackError("the training split is empty; check the class selection")
     epochs = DEFAULT_EPOCHS[spec.name] if epochs is None else int(epochs)
     lr = DEFAULT_LR[spec.name] if lr is None else float(lr)
-    if epochs < 1 or batch_size < 1 or lr <= 0:
+    if epochs < 1 or batch_size < 1 or not (lr > 0 and math.isfinite(lr)):  # NaN > 0 is False
         raise BoxhackError(f"need epochs >= 1, batch_size >= 1, lr > 0 (got {epochs}, {batch_size}, {lr})")
     dev = resolve_device(device)
     # One CPU thread: these networks are too small to gain from more, and torch's CPU

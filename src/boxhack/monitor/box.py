@@ -22,7 +22,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -33,8 +32,9 @@ import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError
-from boxhack.monitor.kernels import accept_rows
+from boxhack.infra.files import atomic_path
 from boxhack.monitor.clustering import cluster_class
+from boxhack.monitor.kernels import accept_rows
 
 FORMAT = "boxhack-monitor"
 FORMAT_VERSION = 1
@@ -84,7 +84,8 @@ _PARAM_NAMES = (
 # ----------------------------------------------------------------------------- helpers
 def _round_down_f32(a: np.ndarray) -> np.ndarray:
     """float64 -> float32, never larger than the float64 value (outward for lower bounds)."""
-    out = a.astype(np.float32)
+    with np.errstate(over="ignore"):  # out of float32 range -> -inf, refused by the caller
+        out = a.astype(np.float32)
     up = out.astype(np.float64) > a
     if up.any():
         out[up] = np.nextafter(out[up], np.float32(-np.inf))
@@ -93,7 +94,8 @@ def _round_down_f32(a: np.ndarray) -> np.ndarray:
 
 def _round_up_f32(a: np.ndarray) -> np.ndarray:
     """float64 -> float32, never smaller than the float64 value (outward for upper bounds)."""
-    out = a.astype(np.float32)
+    with np.errstate(over="ignore"):  # out of float32 range -> +inf, refused by the caller
+        out = a.astype(np.float32)
     down = out.astype(np.float64) < a
     if down.any():
         out[down] = np.nextafter(out[down], np.float32(np.inf))
@@ -443,6 +445,11 @@ class BoxMonitor:
                 self.tight_lo_[layer], self.tight_hi_[layer], float(self.tolerance),
                 bool(self.relative_tolerance),
             )
+            if not (np.isfinite(self.lo_[layer]).all() and np.isfinite(self.hi_[layer]).all()):
+                raise BoxhackError(
+                    f"tolerance {self.tolerance!r} widens the boxes of layer {layer!r} beyond "
+                    "the float32 range; use a smaller tolerance"
+                )
         self._cache: dict = {}
 
     def with_tolerance(self, tolerance: float, relative_tolerance: bool | None = None) -> BoxMonitor:
@@ -470,8 +477,12 @@ class BoxMonitor:
             raise BoxhackError(f"got {len(inputs)} inputs but {len(labels_np)} labels")
         if len(labels_np) == 0:
             raise BoxhackError("cannot fit a monitor on 0 inputs")
+        from boxhack.monitor.compat import state_sha256
+
         pred, feats = collect(model, names, inputs, batch_size=batch_size)
-        return self.fit_features(feats, labels_np, pred, metadata=metadata,
+        meta = dict(metadata or {})
+        meta.setdefault("model_state_sha256", state_sha256(model))
+        return self.fit_features(feats, labels_np, pred, metadata=meta,
                                  model_sha256=model_sha256)
 
     @staticmethod
@@ -819,7 +830,11 @@ class BoxMonitor:
             "n_classes": self.n_classes_,
             "metadata": self.metadata_,
         }
-        arrays = {"meta": np.array(json.dumps(meta)), "n_fit": self.n_fit_}
+        try:
+            text = json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise BoxhackError(f"cannot save the monitor: its metadata is not plain JSON ({exc})")
+        arrays = {"meta": np.array(text), "n_fit": self.n_fit_}
         for i, layer in enumerate(self.layers_):
             arrays[f"tight_lo_{i}"] = self.tight_lo_[layer]
             arrays[f"tight_hi_{i}"] = self.tight_hi_[layer]
@@ -828,17 +843,15 @@ class BoxMonitor:
             arrays[f"box_class_{i}"] = self.box_class_[layer]
             arrays[f"box_count_{i}"] = self.box_count_[layer]
             arrays[f"n_clusters_{i}"] = self.n_clusters_[layer]
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        if path.is_dir():
+            raise BoxhackError(f"cannot write the monitor to {path}: it is a directory; give a "
+                               "file name such as monitor.npz")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        except OSError as exc:
+            raise BoxhackError(f"cannot write the monitor to {path}: {exc.strerror or exc}; "
+                               "choose a writable location") from None
         return path
 
     @classmethod
@@ -860,13 +873,23 @@ class BoxMonitor:
 
     @classmethod
     def _from_arrays(cls, arrays: dict, source: str) -> BoxMonitor:
+        """Rebuild a monitor from a file's arrays, checking everything a hand edit or a
+        corrupt file could garble (see docs/monitor.md, "Files")."""
+
         def bad(msg: str) -> BoxhackError:
             return BoxhackError(f"{source} is not a valid boxhack monitor file: {msg}")
 
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
         if "meta" not in arrays:
             raise bad("no metadata record")
+        raw = arrays["meta"]
+        if raw.ndim != 0 or raw.dtype.kind != "U":
+            raise bad(f"the metadata record is a {raw.dtype} array of shape {raw.shape}, "
+                      "not one JSON string")
         try:
-            meta = json.loads(str(arrays["meta"][()]))
+            meta = json.loads(str(raw[()]))
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
             raise bad(f"metadata is not JSON ({exc})")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -876,16 +899,32 @@ class BoxMonitor:
                 f"{source} has monitor format version {meta.get('format_version')!r}; this "
                 f"boxhack reads version {FORMAT_VERSION}; refit the monitor with this version"
             )
-        try:
-            params = dict(meta["params"])
-            layers = [str(x) for x in meta["layers"]]
-            dims = [int(x) for x in meta["dims"]]
-            n_classes = int(meta["n_classes"])
-            user_meta = dict(meta.get("metadata") or {})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"metadata lacks or garbles a field ({exc})")
-        if len(dims) != len(layers) or not layers or n_classes < 1:
-            raise bad("layers, dims and n_classes do not fit together")
+        params, layers, dims = meta.get("params"), meta.get("layers"), meta.get("dims")
+        n_classes, n_boxes = meta.get("n_classes"), meta.get("n_boxes")
+        user_meta = meta.get("metadata")
+        if not isinstance(params, dict):
+            raise bad("'params' is not a JSON object")
+        if (not isinstance(layers, list) or not layers
+                or not all(isinstance(x, str) and x for x in layers)):
+            raise bad("'layers' is not a non-empty list of layer names")
+        if len(set(layers)) != len(layers):
+            raise bad(f"'layers' repeats a name: {layers}")
+        if not isinstance(dims, list) or not all(is_int(x) and x >= 1 for x in dims):
+            raise bad("'dims' is not a list of layer widths (integers >= 1)")
+        if not is_int(n_classes) or n_classes < 1:
+            raise bad(f"'n_classes' is {n_classes!r}, not an integer >= 1")
+        if not isinstance(n_boxes, list) or not all(is_int(x) and x >= 0 for x in n_boxes):
+            raise bad("'n_boxes' is not a list of box counts (integers >= 0)")
+        if len(dims) != len(layers) or len(n_boxes) != len(layers):
+            raise bad(f"{len(layers)} layers but {len(dims)} widths and {len(n_boxes)} box counts")
+        if user_meta is None:
+            user_meta = {}
+        if not isinstance(user_meta, dict):
+            raise bad("'metadata' is not a JSON object")
+        for key in ("model_sha256", "model_state_sha256"):
+            value = user_meta.get(key)
+            if value is not None and not isinstance(value, str):
+                raise bad(f"metadata {key!r} is {value!r}, not a hash string")
         unknown = set(params) - set(_PARAM_NAMES)
         if unknown:
             raise bad(f"unknown parameters {sorted(unknown)}")
@@ -894,6 +933,21 @@ class BoxMonitor:
             monitor._validate_params()
         except BoxhackError as exc:
             raise bad(str(exc))
+        if monitor.n_classes is not None and monitor.n_classes != n_classes:
+            raise bad(f"parameter n_classes={monitor.n_classes} but the file has {n_classes} classes")
+        expected = {"meta", "n_fit"} | {
+            f"{name}_{i}" for i in range(len(layers)) for name in
+            ("tight_lo", "tight_hi", "lo", "hi", "box_class", "box_count", "n_clusters")
+        }  # fmt: skip
+        extra = sorted(set(arrays) - expected)
+        if extra:
+            raise bad(f"unexpected arrays {extra}")
+        n_fit = arrays.get("n_fit")
+        if (n_fit is None or n_fit.shape != (n_classes,) or n_fit.dtype.kind not in "iu"
+                or (n_classes and n_fit.min() < 0)):
+            raise bad(f"n_fit must be {n_classes} non-negative integer counts (training vectors "
+                      f"per class), got {'nothing' if n_fit is None else f'{n_fit.dtype} {n_fit.shape}'}")
+        n_fit = n_fit.astype(np.int64)
         state: dict = {"tight_lo_": {}, "tight_hi_": {}, "box_class_": {}, "box_count_": {},
                        "n_clusters_": {}}
         widened = {}
@@ -905,33 +959,41 @@ class BoxMonitor:
                 ks = arrays[f"n_clusters_{i}"]
             except KeyError as exc:
                 raise bad(f"array {exc} missing")
+            if bc.dtype != np.int64 or bc.ndim != 1:
+                raise bad(f"box_class_{i} is {bc.dtype} {bc.shape}, expected int64 (boxes,)")
             nb = len(bc)
+            if nb != n_boxes[i]:
+                raise bad(f"layer {layer!r} has {nb} boxes, its metadata says {n_boxes[i]}")
             for name, a in (("tight_lo", tl), ("tight_hi", th), ("lo", lo), ("hi", hi)):
                 if a.dtype != np.float32 or a.shape != (nb, d):
                     raise bad(f"{name}_{i} has {a.dtype} {a.shape}, expected float32 ({nb}, {d})")
-                if np.isnan(a).any():
-                    raise bad(f"{name}_{i} contains NaN")
-            if bc.dtype != np.int64 or bc.ndim != 1 or (nb and (bc.min() < 0 or bc.max() >= n_classes)):
+                if not np.isfinite(a).all():
+                    raise bad(f"{name}_{i} contains NaN or infinite bounds (a box must be finite)")
+            if nb and (bc.min() < 0 or bc.max() >= n_classes):
                 raise bad(f"box_class_{i} is not a list of class indices 0..{n_classes - 1}")
             if np.any(np.diff(bc) < 0):
                 raise bad(f"box_class_{i} is not sorted by class")
             if cnt.dtype != np.int64 or cnt.shape != (nb,) or (nb and cnt.min() < 1):
-                raise bad(f"box_count_{i} is malformed")
+                raise bad(f"box_count_{i} must be int64 ({nb},) counts >= 1")
             if ks.dtype != np.int64 or ks.shape != (n_classes,) or not np.array_equal(
                 ks, np.bincount(bc, minlength=n_classes)
             ):
                 raise bad(f"n_clusters_{i} does not match the boxes")
+            per_class = np.bincount(bc, weights=cnt, minlength=n_classes).astype(np.int64)
+            if not np.array_equal(per_class, n_fit):
+                raise bad(f"the boxes of layer {layer!r} hold {per_class.tolist()} training "
+                          f"vectors per class, n_fit says {n_fit.tolist()}")
             if (tl > th).any() or (lo > tl).any() or (hi < th).any():
                 raise bad(f"boxes of layer {layer!r} are inconsistent (lo > hi)")
             state["tight_lo_"][layer], state["tight_hi_"][layer] = tl, th
             state["box_class_"][layer], state["box_count_"][layer] = bc, cnt
             state["n_clusters_"][layer] = ks
             widened[layer] = (lo, hi)
-        n_fit = arrays.get("n_fit")
-        if n_fit is None or n_fit.shape != (n_classes,):
-            raise bad("n_fit is missing or malformed")
-        monitor._set_state(layers=layers, dims=dict(zip(layers, dims)), n_classes=n_classes,
-                           n_fit=n_fit, metadata=user_meta, **state)
+        try:
+            monitor._set_state(layers=layers, dims=dict(zip(layers, dims)), n_classes=n_classes,
+                               n_fit=n_fit, metadata=user_meta, **state)
+        except BoxhackError as exc:
+            raise bad(str(exc))
         for layer, (lo, hi) in widened.items():
             if not (np.array_equal(lo, monitor.lo_[layer]) and np.array_equal(hi, monitor.hi_[layer])):
                 raise bad(f"widened boxes of layer {layer!r} disagree with the tolerance "

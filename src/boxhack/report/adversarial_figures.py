@@ -19,6 +19,11 @@ _SHOWN = (
 )
 
 
+def figure8_monitors(monitors: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``(key, label, colour)`` of the monitors :func:`plot_figure8` draws, of ``monitors``."""
+    return [s for s in _SHOWN if s[0] in monitors]
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -29,7 +34,7 @@ def plot_figure8(cells: Sequence[Mapping], monitors: Sequence[str], n: int):
     """One panel per attack; per budget a group of bars: flipped, then flipped-and-accepted
     for the monitors of the cluster and tolerance sweeps (those present in ``monitors``)."""
     attacks = list(dict.fromkeys(c["attack"] for c in cells))
-    shown = [s for s in _SHOWN if s[0] in monitors]
+    shown = figure8_monitors(monitors)
     cols = min(3, len(attacks))
     rows = math.ceil(len(attacks) / cols)
     fig = _figure(4.2 * cols, 2.9 * rows + 0.6)

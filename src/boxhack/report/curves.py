@@ -19,6 +19,14 @@ NORM_LABELS = {"l1": "L1", "l2": "L2", "linf": "L$\\infty$"}
 _COLORS = {"gradient": "C0", "orthogonal": "C1", "pgd": "C2", "pgd-orthogonal": "C3"}
 
 
+def save_png(fig, path, dpi: int = 110) -> None:
+    """Write ``fig`` as a PNG at ``path`` atomically (temporary file, then rename)."""
+    from boxhack.infra.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
+
+
 def success_curve(norms, success, eps) -> np.ndarray:
     """Success rate at each budget of ``eps`` from per-sample minimal norms and success flags."""
     r = np.where(np.asarray(success, bool), np.asarray(norms, float), np.inf)

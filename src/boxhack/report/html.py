@@ -7,7 +7,11 @@ the ``reproduce`` invocations (configuration, seeds, versions, per-experiment st
 time). :func:`render_report` turns it into ``report.html``: one file, no external resource,
 every figure embedded as a ``data:`` URI, every user-provided string HTML-escaped.
 
-It only reads what is on disk; re-computing the summaries from the JSONL rows is the job of
+It only reads what is on disk, and imports nothing it finds there: the experiments it shows
+are the registered ones (:mod:`boxhack.experiments.registry`); any other sub-directory holding
+results, or a ``run.json`` record of an unregistered name, is listed as "unknown experiment
+directory X: ignored". Figures are numbered once, 1..N, across the whole report. Re-computing
+the summaries from the JSONL rows is the job of
 :func:`boxhack.experiments.reproduce.rebuild_report` (``boxhack report RUN_DIR``).
 
 :func:`inspect_page` and :func:`screenshot` drive Debian's ``chromium`` in headless mode to see
@@ -36,7 +40,9 @@ __all__ = [
     "CHROMIUM_FLAGS",
     "RUN_FILE",
     "check_report",
+    "check_report_out",
     "find_chromium",
+    "find_experiments",
     "inspect_page",
     "load_run",
     "load_summaries",
@@ -89,29 +95,34 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _experiment_dirs(run_dir: Path, run: Mapping[str, Any]) -> list[str]:
-    """Experiment names in report order: run.json's order first, then experiments it recorded
-    earlier, then other sub-directories holding a summary or rows, alphabetically."""
-    names: list[str] = []
+def find_experiments(run_dir: str | Path) -> tuple[list[str], list[str]]:
+    """``(known, unknown)`` experiment names of ``run_dir``, from names only (nothing imported).
+
+    ``known``: the registered experiments (registry order) that ``run.json`` records or that
+    have a sub-directory holding ``summary.json`` or ``rows.jsonl``. ``unknown``: every other
+    such name (a sub-directory with results, or a ``run.json`` record), sorted; they are shown
+    as ignored, never imported or rendered.
+    """
+    from boxhack.experiments import registry
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
     records = run.get("experiments") if isinstance(run.get("experiments"), Mapping) else {}
-    for name in [*(run.get("order", []) or []), *records]:
-        if isinstance(name, str) and name not in names and (
-            name in records or (run_dir / name).is_dir()
-        ):
-            names.append(name)
-    for sub in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        has_results = (sub / SUMMARY_FILE).is_file() or (sub / ROWS_FILE).is_file()
-        if sub.name not in names and has_results:
-            names.append(sub.name)
-    return names
+    found: set[str] = {n for n in records if isinstance(n, str)}
+    for sub in run_dir.iterdir():
+        if sub.is_dir() and ((sub / SUMMARY_FILE).is_file() or (sub / ROWS_FILE).is_file()):
+            found.add(sub.name)
+    known = [n for n in registry.names() if n in found]
+    unknown = sorted(found - set(known))
+    return known, unknown
 
 
 def load_summaries(run_dir: str | Path) -> list[tuple[str, dict[str, Any] | None, str | None]]:
-    """``[(name, summary or None, why it is missing or None)]`` for every experiment of the run."""
+    """``[(name, summary or None, why it is missing or None)]`` for every registered experiment
+    of the run (see :func:`find_experiments`)."""
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
     out = []
-    for name in _experiment_dirs(run_dir, run):
+    for name in find_experiments(run_dir)[0]:
         value, err = _read_json(run_dir / name / SUMMARY_FILE)
         if value is not None and not isinstance(value, dict):
             value, err = None, f"{SUMMARY_FILE} holds a JSON {type(value).__name__}, not an object"
@@ -183,6 +194,16 @@ def _seconds(value: Any) -> str:
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
+def _clock(record: Any, key: str) -> Any:
+    """``record["timing"][key]`` (run.json version 2), or ``record[key]`` (version 1)."""
+    if not isinstance(record, Mapping):
+        return None
+    timing = record.get("timing")
+    if isinstance(timing, Mapping) and key in timing:
+        return timing.get(key)
+    return record.get(key)
+
+
 def _slug(name: str) -> str:
     return "exp-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
@@ -238,24 +259,27 @@ def _image_data_uri(path: Path) -> tuple[str | None, str | None]:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", None
 
 
-def _figure(exp_dir: Path, run_dir: Path, fig: Any, index: int) -> tuple[str, bool]:
-    """One ``<figure>``; returns ``(html, embedded?)``."""
+def _figure(exp_dir: Path, run_dir: Path, fig: Any, number: int) -> tuple[str, bool]:
+    """Figure ``number`` of the report (numbered across all sections) as a ``<figure>``, or a
+    note saying why it cannot be shown; returns ``(html, embedded?)``."""
     if isinstance(fig, str):
         fig = {"path": fig}
     if not isinstance(fig, Mapping) or not isinstance(fig.get("path"), str):
-        return _note(f"figure {index + 1}: malformed entry {_fmt(fig)}", "bad"), False
+        return _note(f"Figure {number}: malformed entry {_fmt(fig)}", "bad"), False
     rel = fig["path"]
     caption = str(fig.get("caption", ""))
     path = (exp_dir / rel).resolve()
     if not path.is_relative_to(run_dir.resolve()):
-        return _note(f"figure {rel!r}: outside the run directory, not embedded", "bad"), False
+        return _note(f"Figure {number} {rel!r}: outside the run directory, not embedded",
+                     "bad"), False
     uri, why = _image_data_uri(path)
     if uri is None:
-        return _note(f"figure missing: {rel} ({why})", "bad"), False
+        return _note(f"figure missing: {rel} ({why}) (Figure {number})", "bad"), False
     alt = caption or rel
     return (
-        f'<figure><img src="{uri}" alt="{_e(alt)}" data-figure="{_e(rel)}">'
-        f"<figcaption><b>Figure {index + 1}.</b> {_e(caption)} "
+        f'<figure id="figure-{number}"><img src="{uri}" alt="{_e(alt)}" '
+        f'data-figure="{_e(rel)}" data-number="{number}">'
+        f"<figcaption><b>Figure {number}.</b> {_e(caption)} "
         f'<span class="path">{_e(rel)}</span></figcaption></figure>'
     ), True
 
@@ -281,16 +305,18 @@ def _section(
     stats: Mapping[str, Any] | None,
     run_dir: Path,
     extra_error: str | None,
+    first_figure: int = 1,
 ) -> tuple[str, int, int]:
-    """One experiment's section; returns ``(html, figures embedded, figures expected)``."""
+    """One experiment's section, its figures numbered from ``first_figure``; returns
+    ``(html, figures embedded, figures expected)``."""
     title = (summary or {}).get("title") or record.get("title") or name
     status = record.get("status")
     parts = [f'<section id="{_e(_slug(name))}"><h2>{_e(title)}</h2>']
     meta = [f"<code>{_e(name)}</code>"]
     if status:
         meta.append(_badge(str(status)))
-    if record.get("wall_s") is not None:
-        meta.append(f"wall time {_e(_seconds(record.get('wall_s')))} (this run)")
+    if _clock(record, "wall_s") is not None:
+        meta.append(f"wall time {_e(_seconds(_clock(record, 'wall_s')))} (this run)")
     timing = (summary or {}).get("timing")
     if isinstance(timing, Mapping) and timing.get("wall_s") is not None:
         jobs = timing.get("jobs")
@@ -340,7 +366,7 @@ def _section(
     if figures:
         parts.append('<div class="figures">')
         for i, fig in enumerate(figures):
-            block, ok = _figure(run_dir / name, run_dir, fig, i)
+            block, ok = _figure(run_dir / name, run_dir, fig, first_figure + i)
             embedded += ok
             parts.append(block)
         parts.append("</div>")
@@ -402,10 +428,14 @@ details{margin:6px 0}summary{cursor:pointer;color:var(--muted)}
 
 
 def _header(run_dir: Path, run: Mapping[str, Any], overview: list[list[Any]],
-            paper_all: list[list[Any]], n_fig: int, n_expected: int) -> str:
+            paper_all: list[list[Any]], n_fig: int, n_expected: int,
+            unknown: Sequence[str] = ()) -> str:
+    from boxhack.experiments import registry
+
     name = run.get("name") or run_dir.name
     config = run.get("config") if isinstance(run.get("config"), Mapping) else {}
     experiments = run.get("experiments") if isinstance(run.get("experiments"), Mapping) else {}
+    experiments = {k: v for k, v in experiments.items() if registry.is_registered(k)}
     parts = [
         "<header>",
         f"<h1>boxhack: reproducing “Hack The Box” — run <code>{_e(name)}</code></h1>",
@@ -423,8 +453,8 @@ def _header(run_dir: Path, run: Mapping[str, Any], overview: list[list[Any]],
     if n_skip:
         bits.append(f"{n_skip} skipped (module not available)")
     bits.append(f"{n_fig} of {n_expected} figures embedded")
-    if run.get("wall_s") is not None:
-        bits.append(f"total wall time {_seconds(run.get('wall_s'))}")
+    if _clock(run, "wall_s") is not None:
+        bits.append(f"total wall time {_seconds(_clock(run, 'wall_s'))}")
     kind = "bad" if n_err or n_fig < n_expected else ("warn" if n_skip else "good")
     if run:
         parts.append(_note(" · ".join(bits), kind))
@@ -433,6 +463,11 @@ def _header(run_dir: Path, run: Mapping[str, Any], overview: list[list[Any]],
                            "versions and run timings are not recorded; "
                            + f"{n_fig} of {n_expected} figures embedded",
                            "warn" if n_fig == n_expected else "bad"))
+
+    for other in unknown:
+        parts.append(_note(f"unknown experiment directory {other}: ignored (not one of "
+                           f"boxhack's experiments: {', '.join(registry.names())}; nothing "
+                           f"in it is read or run)", "warn"))
 
     # contents + overview
     parts.append("<h2>Experiments</h2>")
@@ -460,11 +495,12 @@ def _header(run_dir: Path, run: Mapping[str, Any], overview: list[list[Any]],
             parts.append("<h3>Seeds</h3>")
             parts.append(_kv_table(seeds))
         parts.append("</div><div><h3>Timings</h3>")
-        timing_rows = [("started", run.get("started")), ("finished", run.get("finished")),
-                       ("total wall time (last invocation)", _seconds(run.get("wall_s")))]
+        timing_rows = [("started", _clock(run, "started")),
+                       ("finished", _clock(run, "finished")),
+                       ("total wall time (last invocation)", _seconds(_clock(run, "wall_s")))]
         for n, r in experiments.items():
-            if isinstance(r, Mapping) and r.get("wall_s") is not None:
-                timing_rows.append((f"{n}", _seconds(r.get("wall_s"))))
+            if isinstance(r, Mapping) and _clock(r, "wall_s") is not None:
+                timing_rows.append((f"{n}", _seconds(_clock(r, "wall_s"))))
         parts.append(_kv_table(timing_rows))
         versions = run.get("versions")
         if isinstance(versions, Mapping) and versions:
@@ -480,7 +516,8 @@ def _header(run_dir: Path, run: Mapping[str, Any], overview: list[list[Any]],
             parts.append("<details><summary>all invocations into this directory</summary>")
             parts.append(_table(
                 ["started", "wall time", "experiments", "quick", "jobs", "scheduler"],
-                [[i.get("started"), _seconds(i.get("wall_s")), ", ".join(i.get("experiments", [])),
+                [[_clock(i, "started"), _seconds(_clock(i, "wall_s")),
+                  ", ".join(map(str, i.get("experiments") or [])),
                   (i.get("config") or {}).get("quick"), (i.get("config") or {}).get("n_jobs"),
                   (i.get("config") or {}).get("scheduler")]
                  for i in invocations if isinstance(i, Mapping)]))
@@ -535,9 +572,11 @@ def render_report(
     if not run_dir.is_dir():
         raise BoxhackError(f"run directory {run_dir} does not exist; run `boxhack reproduce "
                            f"--out {run_dir}` first")
+    out = check_report_out(out) or run_dir / REPORT_FILE
     run = load_run(run_dir)
     records = run.get("experiments") if isinstance(run.get("experiments"), Mapping) else {}
     errors = dict(errors or {})
+    _, unknown = find_experiments(run_dir)
     summaries = load_summaries(run_dir)
     sections: list[str] = []
     overview: list[list[Any]] = []
@@ -547,7 +586,7 @@ def render_report(
         record = records.get(name) if isinstance(records.get(name), Mapping) else {}
         stats = rows_stats(run_dir / name / ROWS_FILE)
         block, got, expected = _section(name, summary, missing, record, stats, run_dir,
-                                        errors.get(name))
+                                        errors.get(name), first_figure=n_expected + 1)
         sections.append(block)
         n_fig += got
         n_expected += expected
@@ -555,7 +594,7 @@ def render_report(
         status = record.get("status") or ("ok" if summary is not None else "no summary")
         if errors.get(name):
             status = "error"
-        overview.append([name, title, status, _seconds(record.get("wall_s")),
+        overview.append([name, title, status, _seconds(_clock(record, "wall_s")),
                          None if stats is None else stats["rows"],
                          None if stats is None else stats["errors"],
                          None if stats is None else _seconds(stats["job_s"])])
@@ -564,7 +603,7 @@ def render_report(
     if not summaries:
         sections.append(_note("this directory holds no experiment results yet "
                               "(no sub-directory with rows.jsonl or summary.json)", "bad"))
-    head = _header(run_dir, run, overview, paper_all, n_fig, n_expected)
+    head = _header(run_dir, run, overview, paper_all, n_fig, n_expected, unknown)
     title = f"boxhack report: {run.get('name') or run_dir.name}"
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -576,11 +615,26 @@ def render_report(
         "and summaries in this directory; self-contained (no external resources).</p></footer>"
         "</main></body></html>\n"
     )
-    out = Path(out) if out is not None else run_dir / REPORT_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    from boxhack.infra.files import atomic_write
+
+    return atomic_write(out, page)
+
+
+def check_report_out(out: str | Path | None) -> Path | None:
+    """A report ``--out``: ``None``, or a file path whose directory can be written to.
+
+    Raises :class:`BoxhackError` for a directory given as the file, or a directory that cannot
+    be created or written (read-only, a file in the way).
+    """
+    if out is None:
+        return None
+    from boxhack.infra.files import check_output_dir
+
+    out = Path(out)
+    if out.is_dir():
+        raise BoxhackError(f"--out {out} is a directory; give the HTML file's path, e.g. "
+                           f"{out / REPORT_FILE}")
+    check_output_dir(out.parent, "--out's")
     return out
 
 

@@ -1,0 +1,51 @@
+"""``boxhack verify PATH``: re-check every stored attack success (a thin layer over
+:func:`boxhack.experiments.recheck.verify_path`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="re-check every stored attack success of a run directory or a --save file",
+        description=(
+            "Re-check, with the exact model and monitor, every attack success stored in a run "
+            "directory (every <experiment>/rows.jsonl, newest row per key) or in a file written "
+            "by an attack command's --save. The model directory and monitor file each record "
+            "names must still have the SHA-256 it recorded. Prints how many stored successes "
+            "hold, per experiment, and lists those that do not. Exit status: 0 all hold, 1 some "
+            "do not, 2 bad input (missing or changed files, damaged records)."
+        ),
+    )
+    p.add_argument("path", metavar="PATH", help="run directory or a file written by --save")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_handler)
+
+
+def _handler(args) -> int:
+    from boxhack.experiments.recheck import verify_path
+
+    summary = verify_path(args.path)
+    if args.json:
+        json.dump(summary.to_dict(), sys.stdout, indent=2)
+        print()
+        return 0 if summary.ok else 1
+    if summary.kind == "run":
+        for name, c in summary.experiments.items():
+            print(f"{name}: {c['claimed']} stored successes in {c['records']} records "
+                  f"({c['samples']} inputs): {c['hold']} hold")  # fmt: skip
+    print(f"{summary.claimed} stored successes re-checked: {summary.hold} hold")
+    for f in summary.failures:
+        if summary.kind == "run":
+            where = f"{f['experiment']} row {f['key']!r} record {f['record']} sample {f['sample']}"
+        else:
+            where = f"{f['experiment']} sample {f['sample']}"
+        print(f"FAILS: {where}: goal {f['goal']}, class {f['pred0']} -> {f['pred']}, "
+              f"{'accepted' if f['accepted'] else 'rejected'}"
+              f"{'' if f['within_budget'] else ', over the budget'}")  # fmt: skip
+    if len(summary.failures) < summary.claimed - summary.hold:
+        print(f"(only the first {len(summary.failures)} failures are listed)")
+    return 0 if summary.ok else 1

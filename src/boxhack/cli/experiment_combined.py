@@ -25,8 +25,12 @@ def register(esub) -> None:
                         "slow), none")
     p.add_argument("--norm", default="l1", choices=("l1", "l2"), help="repair distance (default l1)")
     p.add_argument("--eps", type=nonneg_float, default=0.1, help="FGSM budget (Linf, default 0.1)")
+    p.add_argument("--max-evals", type=positive_int, default=None,
+                   help="slsqp/shgo: evaluations per sample, the budget that decides the "
+                        "result (default 5000, quick 2000)")
     p.add_argument("--time-limit", type=positive_float, default=None,
-                   help="slsqp/shgo: seconds per sample (default 30, quick 10)")
+                   help="slsqp/shgo: wall-clock safety net per sample in seconds (default 600; "
+                        "only stops a solver stuck in C code)")
     p.add_argument("--space", default=None,
                    help="slsqp/shgo: search space of the SciPy attack: pca:20 (default), input "
                         "(the paper's 784 pixels), pca:K or blocks:B")
@@ -47,6 +51,8 @@ def _handler(args) -> int:
         options["n"] = args.n
     if args.time_limit is not None:
         options["time_limit"] = args.time_limit
+    if args.max_evals is not None:
+        options["max_evals"] = args.max_evals
     if args.space is not None:
         if args.repair not in ("slsqp", "shgo"):
             raise BoxhackError("--space is for the SciPy repairs (--repair slsqp or shgo)")

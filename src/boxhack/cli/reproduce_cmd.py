@@ -54,8 +54,10 @@ def register(sub) -> None:
                    help="run the grids on a Dask cluster, e.g. tcp://HOST:8786 (workers must "
                         "see the run directory, e.g. on a shared file system)")
     p.add_argument("--solve-timeout", type=_seconds, default=None, metavar="S",
-                   help="per-solve time cap in seconds for the optimisation experiments "
-                        "(solvers, combined); default: their own caps, stated in the report")
+                   help="per-solve wall-clock safety net in seconds for the optimisation "
+                        "experiments (solvers, combined); results come from evaluation budgets, "
+                        "this only stops a solver stuck in C code (default: their own, stated "
+                        "in the report)")
     p.add_argument("--only", default=None, metavar="NAMES",
                    help="comma-separated subset, e.g. solvers,adversarial")
     p.add_argument("--seed", type=int, default=0, help="seed for networks, monitors, samples (0)")

@@ -58,7 +58,7 @@ _TITLES = {
     "novelty": "The networks and the monitor's novelty detection (Outside the Box)",
     "solvers": "Optimisation solvers, images and projections (paper figures 5-7)",
     "adversarial": "Adversarial samples against classifier and monitor (paper figure 8)",
-    "combined": "The combined attack: FGSM then SHGO Attack 2 (paper figure 9)",
+    "combined": "The combined attack: FGSM, then a repair so the monitor accepts (paper figure 9)",
     "gradient": "Monitor-aware gradient attacks (beyond the paper)",
 }
 RUN_FORMAT = "boxhack-run"
@@ -171,8 +171,9 @@ def reproduce(
         quick: small grids that finish in minutes (``--quick``); the full grids otherwise.
         n_jobs: local worker processes per campaign (default: all usable cores).
         scheduler: a Dask scheduler address (``tcp://host:8786``) to run the grids on.
-        solve_timeout: per-solve time cap in seconds for the experiments whose ``run()`` takes
-            ``solve_timeout`` (solvers, combined); ``None`` keeps their defaults.
+        solve_timeout: per-solve wall-clock safety net in seconds for the experiments whose
+            ``run()`` takes ``solve_timeout`` (solvers, combined); results come from
+            evaluation budgets; ``None`` keeps their defaults.
         seed: the seed every experiment gets (networks, monitors, sample draws).
         progress: progress bars with ETA and a line per experiment on stderr.
         only: run only these experiments (names, or a comma-separated string).

@@ -46,7 +46,7 @@ import torch
 
 from boxhack.attacks.gradient import MonitorAttack
 from boxhack.attacks.orthogonal import OrthogonalAttack
-from boxhack.experiments.zoo import prepare_monitor
+from boxhack.experiments.prepared import prepare_monitor
 
 NETWORK = "mnist10"
 TARGETS = {"success": 1.0, "l2_ratio_max": 1.05, "speedup_min": 300.0, "throughput_min": 1000.0}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from boxhack.experiments.campaign import Job
+from boxhack.infra.campaign import Job
 
 
 def make_jobs(n: int, sleep: float = 0.0, prefix: str = "grid", **extra: Any) -> list[Job]:
@@ -63,7 +63,7 @@ def torch_threads(params: dict[str, Any]) -> dict[str, Any]:
 def sleeps_with_sandbox(params: dict[str, Any]) -> dict[str, Any]:
     """Record this worker's pid, then run a sandbox task that records its own pid and sleeps:
     a campaign job holding a worker process and a sandbox process (for the kill tests)."""
-    from boxhack.attacks.sandbox import run_task
+    from boxhack.infra.sandbox import run_task
 
     (Path(params["pids"]) / f"worker-{os.getpid()}").touch()
     outcome = run_task("campaign_jobs:sandbox_sleep",

@@ -25,7 +25,7 @@ from boxhack.errors import BoxhackError
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
 
     root = tmp_path_factory.mktemp("adv-models")
     model, monitor, info, dataset = prepare_monitor("mnist3", root, n_clusters=1, tolerance=0.0)

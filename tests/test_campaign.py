@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from boxhack.errors import BoxhackError
-from boxhack.experiments.campaign import Job, run_campaign
+from boxhack.infra.campaign import Job, run_campaign
 from boxhack.infra.jsonl import (
     append_row,
     damaged_path,
@@ -70,7 +70,7 @@ def test_sigkill_midway_resumes_with_no_row_lost_or_doubled(tmp_path: Path) -> N
     jobs = campaign_jobs.make_jobs(40, sleep=0.06)
     script = (
         "import campaign_jobs\n"
-        "from boxhack.experiments.campaign import run_campaign\n"
+        "from boxhack.infra.campaign import run_campaign\n"
         f"run_campaign(campaign_jobs.make_jobs(40, sleep=0.06), campaign_jobs.square, "
         f"{str(out)!r}, n_jobs=2, progress=False)\n"
     )
@@ -146,7 +146,7 @@ def test_killing_a_campaign_ends_its_workers_and_their_sandboxes(
     out = tmp_path / "rows.jsonl"
     script = (
         "import campaign_jobs\n"
-        "from boxhack.experiments.campaign import run_campaign\n"
+        "from boxhack.infra.campaign import run_campaign\n"
         f"run_campaign(campaign_jobs.make_jobs(4, sleep=600, pids={str(pids)!r}), "
         f"campaign_jobs.sleeps_with_sandbox, {str(out)!r}, n_jobs=2, progress=False)\n"
     )

@@ -9,13 +9,13 @@ from stored_attacks import recheck_rows
 
 from boxhack.attacks.records import within_budget
 from boxhack.errors import BoxhackError
-from boxhack.experiments.combined import CombinedResult, combined_attack
+from boxhack.attacks.combined import CombinedResult, combined_attack
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     from boxhack.experiments.adversarial import select_correct
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
 
     root = tmp_path_factory.mktemp("combined-models")
     model, monitor, _, dataset = prepare_monitor("mnist3", root, n_clusters=1, tolerance=0.0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from boxhack.errors import BoxhackError
-from boxhack.evaluation import evaluate_novelty, novelty_metrics
 from boxhack.models.layers import collect
 from boxhack.monitor import BoxMonitor
+from boxhack.monitor.evaluation import evaluate_novelty, novelty_metrics
 
 
 def test_hand_computed_metrics():

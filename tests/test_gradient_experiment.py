@@ -14,7 +14,7 @@ from boxhack.report.curves import budget_at, plot_robustness_curves, success_cur
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from boxhack.experiments.zoo import monitor_path, prepare_monitor
+    from boxhack.experiments.prepared import monitor_path, prepare_monitor
 
     root = tmp_path_factory.mktemp("gradient-models")
     _, _, info, _ = prepare_monitor("mnist3", root, n_clusters=1, tolerance=0.0)
@@ -50,7 +50,7 @@ def test_experiment_contract_resume_and_summarise(small, tmp_path):
         assert cell["success"] == round(cell["successes"] / cell["attacked"], 3)
     # the samples: seeded, class-balanced, from the digits each goal starts from
     config = json.loads((exp_dir / "config.json").read_text())
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
 
     model, monitor, _, data = prepare_monitor("mnist3", small["root"])
     for goal, idx in config["samples"].items():

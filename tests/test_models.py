@@ -204,7 +204,7 @@ def test_save_model_writes_model_json_last(tmp_path, trained, monkeypatch):
 @pytest.fixture(scope="module")
 def clean_cache(tmp_path_factory):
     """A model cache holding the tanh network and a monitor of it, built once."""
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
 
     root = tmp_path_factory.mktemp("cache")
     prepare_monitor("tanh", root)
@@ -232,7 +232,7 @@ def _damage_model(directory, how):
 def test_a_damaged_model_cache_entry_is_rebuilt(clean_cache, tmp_path, how):
     import shutil
 
-    from boxhack.experiments.zoo import prepare_model
+    from boxhack.experiments.prepared import prepare_model
 
     root = tmp_path / "root"
     shutil.copytree(clean_cache, root)
@@ -252,7 +252,7 @@ def test_a_damaged_model_cache_entry_is_rebuilt(clean_cache, tmp_path, how):
 def test_a_damaged_monitor_cache_entry_is_refitted(clean_cache, tmp_path, how):
     import shutil
 
-    from boxhack.experiments.zoo import monitor_path, prepare_monitor
+    from boxhack.experiments.prepared import monitor_path, prepare_monitor
     from boxhack.monitor import BoxMonitor
 
     root = tmp_path / "root"
@@ -274,7 +274,7 @@ def test_a_damaged_monitor_cache_entry_is_refitted(clean_cache, tmp_path, how):
 def test_a_cached_monitor_of_other_weights_is_refitted(clean_cache, tmp_path):
     import shutil
 
-    from boxhack.experiments.zoo import monitor_path, prepare_monitor
+    from boxhack.experiments.prepared import monitor_path, prepare_monitor
     from boxhack.monitor import BoxMonitor
 
     root = tmp_path / "root"

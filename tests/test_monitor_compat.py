@@ -119,7 +119,7 @@ def test_several_layers_all_checked():
 
 
 def test_evaluate_novelty_refuses_a_monitor_of_another_model():
-    from boxhack.evaluation import evaluate_novelty
+    from boxhack.monitor.evaluation import evaluate_novelty
 
     a, b = _xor(0), _xor(1)
     x, y = _points()

@@ -22,11 +22,11 @@ from boxhack.attacks.optimisation import (
     optimise_attack,
     solver_settings,
 )
-from boxhack.attacks.sandbox import SandboxPool, Task
 from boxhack.attacks.subspace import make_space
 from boxhack.attacks.verify import verify
 from boxhack.errors import BoxhackError
-from boxhack.experiments.zoo import prepare_monitor
+from boxhack.experiments.prepared import prepare_monitor
+from boxhack.infra.sandbox import SandboxPool, Task
 from boxhack.monitor import BoxMonitor
 
 GRID = 801  # brute-force resolution on [0, 1]^2 (step 1/800)
@@ -235,9 +235,9 @@ def test_sandbox_kills_a_solve_stuck_in_c_code_and_keeps_its_best_point():
     with SandboxPool(1) as pool:
         start = time.monotonic()
         out = pool.run([
-            Task("boxhack.attacks.sandbox:report_then_sleep_task",
+            Task("boxhack.infra.sandbox:report_then_sleep_task",
                  {"report": [1.0, 2.0], "count": 1234, "sleep": 600}, time_limit=2.0),
-            Task("boxhack.attacks.sandbox:sleep_task", 0.01, time_limit=NET),
+            Task("boxhack.infra.sandbox:sleep_task", 0.01, time_limit=NET),
         ])  # fmt: skip
         assert time.monotonic() - start < HANG  # killed, not slept for 600 s
     assert out[0].status == "timeout"
@@ -256,15 +256,15 @@ def test_sandbox_start_up_is_outside_the_safety_net(tmp_path, monkeypatch, metho
     (tmp_path / "boxhack_test_slow_import.py").write_text("import time\ntime.sleep(3.0)\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     with SandboxPool(1, preload=("boxhack_test_slow_import",), method=method) as pool:
-        out = pool.run([Task("boxhack.attacks.sandbox:sleep_task", 0.2, time_limit=2.0)])
+        out = pool.run([Task("boxhack.infra.sandbox:sleep_task", 0.2, time_limit=2.0)])
     assert out[0].status == "ok" and out[0].value == "slept"
 
 
 def test_sandbox_memory_limit_gives_out_of_memory():
     with SandboxPool(1) as pool:
         out = pool.run([
-            Task("boxhack.attacks.sandbox:allocate_task", 1500, time_limit=NET, memory_limit_mb=300),
-            Task("boxhack.attacks.sandbox:allocate_task", 50, time_limit=NET, memory_limit_mb=300),
+            Task("boxhack.infra.sandbox:allocate_task", 1500, time_limit=NET, memory_limit_mb=300),
+            Task("boxhack.infra.sandbox:allocate_task", 50, time_limit=NET, memory_limit_mb=300),
         ])  # fmt: skip
     assert out[0].status == "out-of-memory"
     assert out[1].status == "ok"
@@ -273,9 +273,9 @@ def test_sandbox_memory_limit_gives_out_of_memory():
 def test_sandbox_reports_errors_and_crashes():
     with SandboxPool(1) as pool:
         out = pool.run([
-            Task("boxhack.attacks.sandbox:no_such_task", None, time_limit=NET),
-            Task("boxhack.attacks.sandbox:crash_task", None, time_limit=NET),
-            Task("boxhack.attacks.sandbox:sleep_task", 0.01, time_limit=NET),
+            Task("boxhack.infra.sandbox:no_such_task", None, time_limit=NET),
+            Task("boxhack.infra.sandbox:crash_task", None, time_limit=NET),
+            Task("boxhack.infra.sandbox:sleep_task", 0.01, time_limit=NET),
         ])  # fmt: skip
     assert out[0].status == "error" and "no_such_task" in out[0].message
     assert out[1].status == "error" and "crash" in out[1].message
@@ -284,7 +284,7 @@ def test_sandbox_reports_errors_and_crashes():
 
 def test_subprocess_method_works_too():
     with SandboxPool(1, method="subprocess") as pool:
-        out = pool.run([Task("boxhack.attacks.sandbox:sleep_task", 0.01, time_limit=NET)])
+        out = pool.run([Task("boxhack.infra.sandbox:sleep_task", 0.01, time_limit=NET)])
     assert out[0].status == "ok"
 
 
@@ -415,7 +415,7 @@ def test_bad_inputs(xor):
 
 def test_cli_attack_optimise(xor, tmp_path, capsys):
     from boxhack.cli import main
-    from boxhack.experiments.zoo import monitor_path
+    from boxhack.experiments.prepared import monitor_path
 
     _, _, _, root = xor
     out = tmp_path / "result.json"

@@ -67,7 +67,7 @@ def test_quick_reproduce_writes_run_record_and_report(quick_run: Path) -> None:
 
 
 def test_novelty_rows_agree_with_the_monitor(quick_run: Path) -> None:
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
 
     rows = read_rows(quick_run / "novelty" / "rows.jsonl")
     assert len(rows) == 1 + 4 and all(r["status"] == "ok" for r in rows)

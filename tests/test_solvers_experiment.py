@@ -183,7 +183,7 @@ def test_a_second_run_on_a_locked_directory_writes_nothing(small_run, models_roo
 
 
 def test_starting_points_are_of_the_right_kind(small_run, models_root):
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
 
     model, monitor, _, dataset = prepare_monitor("xor", models_root)
     pools = solvers.starting_points("xor", models_root, 5, seed=0)
@@ -244,7 +244,7 @@ def _cli_run(out, models_root, **kw) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, models_root):
     """An uninterrupted XOR campaign (every solver and problem, 2 starting points)."""
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
 
     prepare_monitor("xor", models_root)
     out = tmp_path_factory.mktemp("reference")

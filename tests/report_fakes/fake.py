@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from boxhack.experiments.campaign import Job, run_campaign
+from boxhack.infra.campaign import Job, run_campaign
 from boxhack.infra.files import atomic_write, atomic_write_json
 from boxhack.infra.jsonl import latest_by_key, read_rows
 from boxhack.infra.locks import exclusive

@@ -33,7 +33,7 @@ the solver's own limits (``solver_options``: SLSQP ``maxiter``, COBYLA ``maxiter
 DE ``maxiter`` = generations, SHGO sampling and local iterations; defaults in
 :func:`solver_settings`) and ``max_evals`` (points evaluated). So the same call gives the same
 result on a quiet and on a busy machine. Every solve runs in a sandbox process
-(:mod:`boxhack.attacks.sandbox`) under a memory limit and a wall-clock *safety net*
+(:mod:`boxhack.infra.sandbox`) under a memory limit and a wall-clock *safety net*
 (``time_limit``, counted from the moment the solve starts in its process) that only kills a
 solve stuck in C code; choose it far above the budget's normal run time. A killed solve's
 outcome is ``"timeout"``: it keeps the best exactly-checked point it had streamed and reports
@@ -63,10 +63,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from boxhack.attacks.sandbox import SandboxPool, Task, TaskContext, shared_pool
 from boxhack.attacks.subspace import make_space, parse_space
 from boxhack.attacks.verify import AttackResult, as_batch, decide, verify
 from boxhack.errors import BoxhackError
+from boxhack.infra.sandbox import SandboxPool, Task, TaskContext, shared_pool
 
 __all__ = ["ENCODINGS", "GOALS", "NORMS", "SOLVERS", "n_variables", "optimise_attack",
            "solver_settings"]
@@ -348,7 +348,7 @@ def _unpack_model(packed):
 
 def _run_inline(task: Task):
     """Solve in this process (no safety net, no memory limit)."""
-    from boxhack.attacks.sandbox import Outcome
+    from boxhack.infra.sandbox import Outcome
 
     start = time.monotonic()
     held = {"p": None, "n": 0}

@@ -263,7 +263,7 @@ def check_campaign_args(args) -> None:
     if args.jobs is not None and args.jobs < 1:
         raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
     if args.scheduler is not None:  # a malformed address: said before anything is trained
-        from boxhack.experiments.campaign import check_scheduler_address
+        from boxhack.infra.campaign import check_scheduler_address
 
         check_scheduler_address(args.scheduler)
 

@@ -189,8 +189,8 @@ def _fit(args) -> int:
 
 def _evaluate(args) -> int:
     from boxhack.data import parse_classes
-    from boxhack.evaluation import evaluate_novelty
     from boxhack.monitor import check_compatible
+    from boxhack.monitor.evaluation import evaluate_novelty
     from boxhack.monitor.registry import load_monitor
 
     _check_batch(args)

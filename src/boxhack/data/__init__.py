@@ -70,8 +70,8 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "classes": list(self.classes),
             "class_names": list(self.class_names),
-            "n_train": int(len(self.y_train)),
-            "n_test": int(len(self.y_test)),
+            "n_train": len(self.y_train),
+            "n_test": len(self.y_test),
             "train_per_class": np.bincount(self.y_train, minlength=self.n_classes).tolist(),
             "test_per_class": np.bincount(self.y_test, minlength=self.n_classes).tolist(),
             "x_min": float(self.x_train.min()) if self.x_train.size else None,
@@ -100,9 +100,7 @@ def parse_classes(spec: str | Sequence[int | str] | None, dataset: str = "mnist"
     out: set[int] = set()
     lowered = {n.lower(): i for i, n in enumerate(names)}
     for item in items:
-        if isinstance(item, (int, np.integer)):
-            out.add(int(item))
-        elif re.fullmatch(r"\d+", item):
+        if isinstance(item, (int, np.integer)) or re.fullmatch(r"\d+", item):
             out.add(int(item))
         elif m := re.fullmatch(r"(\d+)\s*-\s*(\d+)", item):
             lo, hi = int(m.group(1)), int(m.group(2))

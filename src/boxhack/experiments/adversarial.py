@@ -81,7 +81,7 @@ _CACHE: dict = {}
 
 def _load(root: str, key: str, monitors: list[list]):
     """Model, dataset and fitted monitors from the cache under ``root`` (once per process)."""
-    from boxhack.experiments.zoo import monitor_path, prepare_model
+    from boxhack.experiments.prepared import monitor_path, prepare_model
     from boxhack.monitor import BoxMonitor
 
     ck = (root, key, json.dumps(monitors))
@@ -218,8 +218,8 @@ def run(out_dir, *, quick=False, n_jobs=None, scheduler=None, seed=0, progress=T
 def _run_locked(out_dir, cfg, n_jobs, scheduler, progress, models_root) -> dict:
     from boxhack.attacks.adversarial import get_spec
     from boxhack.attacks.records import file_ref
-    from boxhack.experiments.campaign import Job, run_campaign
-    from boxhack.experiments.zoo import monitor_path, prepare_model, prepare_monitor
+    from boxhack.experiments.prepared import monitor_path, prepare_model, prepare_monitor
+    from boxhack.infra.campaign import Job, run_campaign
 
     seed = cfg["seed"]
     root = _root(out_dir, models_root)

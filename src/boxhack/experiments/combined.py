@@ -24,161 +24,23 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from boxhack.attacks.verify import AttackResult, verify
+from boxhack.attacks.combined import REPAIRS, SAFETY_NET_S, combined_attack
+from boxhack.attacks.verify import AttackResult
 from boxhack.errors import BoxhackError
 
 NAME = "combined"
 TITLE = "Combined attack: adversarial samples repaired to pass the monitor (paper figure 9)"
 
 KEY = "mnist10"
-REPAIRS = ("gradient", "slsqp", "shgo", "none")
 # SciPy repairs: evaluations per sample (the budget that decides the outcome), and the
 # wall-clock safety net per sample (only against a solver stuck in C code)
 MAX_EVALS = {"quick": 2000, "full": 5000}
-SAFETY_NET_S = 600.0
 CHUNK = 50  # samples per job
 N_EXAMPLES = 2  # repaired samples per job whose images are stored in the rows
-
-
-@dataclass
-class CombinedResult:
-    """Outcome of :func:`combined_attack`: the stage-1 result, the final one, and per sample
-    the stage that met the goal (``"adversarial"``, ``"repair"``, ``"fallback"`` or
-    ``"failed"``)."""
-
-    first: AttackResult
-    final: AttackResult
-    stage: np.ndarray
-    info: dict = field(default_factory=dict)
-
-    def counts(self) -> dict:
-        """Counts over the attacked inputs; ``already``: inputs misclassified and accepted from
-        the start (not attacked, not counted as successes)."""
-        att = self.final.eligible
-        flipped = (self.first.pred != self.first.labels) & att
-        acc = self.first.accepted
-        repaired = np.isin(self.stage, ["repair", "fallback"])
-        return {
-            "n": len(self.stage),
-            "attacked": int(att.sum()),
-            "already": int(self.final.already.sum()),
-            "adv_flipped": int(flipped.sum()),
-            "adv_flipped_accepted": int((flipped & acc).sum()),
-            "adv_flipped_rejected": int((flipped & ~acc).sum()),
-            "adv_not_flipped": int((att & ~flipped).sum()),
-            "repaired_rejected": int((repaired & flipped & ~acc).sum()),
-            "repaired_not_flipped": int((repaired & att & ~flipped).sum()),
-            "by_fallback": int((self.stage == "fallback").sum()),
-            "final_success": int(self.final.success.sum()),
-        }
-
-
-def _repair_step(model, monitor, x0, y, starts, repair, norm, *, seed, max_evals, time_limit,
-                 n_jobs, options) -> AttackResult:
-    if repair == "gradient":
-        from boxhack.attacks.gradient import MonitorAttack
-
-        attack = MonitorAttack(goal="combined", norm=norm, mode="minimal", seed=seed,
-                               **(options or {}))  # fmt: skip
-        return attack(model, monitor, x0, labels=y, starts=starts)
-    try:
-        from boxhack.attacks.optimisation import optimise_attack
-    except ImportError as exc:  # pragma: no cover - the module ships with boxhack
-        raise BoxhackError(f"repair {repair!r} needs boxhack.attacks.optimisation ({exc})") from None
-    return optimise_attack(
-        model, monitor, x0, goal="combined", norm=norm, solver=repair, labels=y, starts=starts,
-        max_evals=max_evals, time_limit=SAFETY_NET_S if time_limit is None else time_limit,
-        n_jobs=n_jobs, seed=seed, **(options or {}),
-    )  # fmt: skip
-
-
-def combined_attack(
-    model,
-    monitor,
-    inputs,
-    labels,
-    *,
-    attack: str = "fgsm",
-    epsilon: float = 0.1,
-    repair: str = "gradient",
-    norm: str = "l1",
-    fallback_norm: str | None = "l2",
-    max_evals: int | None = MAX_EVALS["full"],
-    time_limit: float | None = None,
-    n_jobs: int = 1,
-    seed: int = 0,
-    repair_options: dict | None = None,
-    **attack_kwargs,
-) -> CombinedResult:
-    """Adversarial attack, then repair of every sample that misses the combined goal.
-
-    Args:
-        attack, epsilon, attack_kwargs: the stage-1 Foolbox attack
-            (:func:`boxhack.attacks.adversarial.run_adversarial`, criterion "misclassify").
-        repair: ``"gradient"``, ``"slsqp"``, ``"shgo"`` or ``"none"`` (see the module docstring).
-        norm: the repair's distance (``"l1"`` as in the paper, or ``"l2"``).
-        fallback_norm: gradient repair only: second try in this norm for samples still failing
-            (``None``: no second try).
-        max_evals: SciPy repairs: evaluations per sample (the budget); ``time_limit``: their
-            wall-clock safety net per sample (default 600 s, far above the budget's run time);
-            ``n_jobs``: parallel solves.
-        repair_options: extra keyword arguments of the repair attack.
-
-    Returns:
-        :class:`CombinedResult`; ``final`` has goal ``"combined"``, verified against the clean
-        ``inputs`` and true ``labels``.
-    """
-    from boxhack.attacks.adversarial import run_adversarial
-
-    if repair not in REPAIRS:
-        raise BoxhackError(f"unknown repair {repair!r}; choose one of: {', '.join(REPAIRS)}")
-    if norm not in ("l1", "l2"):
-        raise BoxhackError(f"norm must be 'l1' or 'l2', got {norm!r}")
-    if fallback_norm not in (None, "l1", "l2", "linf"):
-        raise BoxhackError(f"fallback_norm must be 'l1', 'l2', 'linf' or None, got {fallback_norm!r}")
-    t0 = time.perf_counter()  # timings are reported, never used to decide anything
-    first = run_adversarial(model, monitor, inputs, labels, attack, epsilon,
-                            criterion="misclassify", seed=seed, **attack_kwargs)  # fmt: skip
-    x0, y = first.x0, first.labels
-    t1 = time.perf_counter()
-    goal_met = (first.pred != y) & first.accepted
-    stage = np.where(goal_met, "adversarial", "failed").astype(object)
-    # inputs misclassified and accepted from the start meet the goal without an attack: they
-    # are reported apart ("already"), never attacked or counted
-    already = (first.pred0 != y) & first.accepted0
-    stage[already] = "already"
-    x_final = first.x.copy()
-    info: dict = {"attack": first.info, "repair": repair, "norm": norm,
-                  "fallback_norm": fallback_norm, "attack_s": t1 - t0}  # fmt: skip
-    steps = [(norm, "repair")]
-    if repair == "gradient" and fallback_norm and fallback_norm != norm:
-        steps.append((fallback_norm, "fallback"))
-    if repair != "none":
-        for step_norm, label in steps:
-            todo = np.flatnonzero(stage == "failed")
-            if not len(todo):
-                break
-            rep = _repair_step(model, monitor, x0[todo], y[todo], first.x[todo], repair,
-                               step_norm, seed=seed, max_evals=max_evals, time_limit=time_limit,
-                               n_jobs=n_jobs, options=repair_options)  # fmt: skip
-            ok = rep.success
-            x_final[todo[ok]] = rep.x[ok]
-            stage[todo[ok]] = label
-            info[f"{label}_tried"] = len(todo)
-            info[f"{label}_solved"] = int(ok.sum())
-            if "outcome" in rep.info:
-                info[f"{label}_outcomes"] = {str(o): int(c) for o, c in
-                                             zip(*np.unique(rep.info["outcome"], return_counts=True))}
-    info["repair_s"] = time.perf_counter() - t1
-    final = verify(model, monitor, x0, x_final, "combined", labels=y, pred0=first.pred0,
-                   accepted0=first.accepted0, info={"stage": stage.tolist()})  # fmt: skip
-    stage[~final.success & ~final.already] = "failed"  # the final check decides
-    return CombinedResult(first=first, final=final, stage=stage, info=info)
 
 
 # ------------------------------------------------------------------------------ experiment
@@ -186,7 +48,7 @@ def _job(params: dict) -> dict:
     import torch
 
     from boxhack.attacks.records import attack_record
-    from boxhack.experiments.zoo import load_prepared
+    from boxhack.experiments.prepared import load_prepared
     from boxhack.infra.arrays import encode_array
     from boxhack.models.layers import collect
 
@@ -306,8 +168,8 @@ def run(out_dir, *, quick=False, n_jobs=None, scheduler=None, seed=0, progress=T
     ``n_clusters`` / ``tolerance`` of the monitor (1 / 0), ``repair_options``, ``chunk``."""
     from boxhack.attacks.records import file_ref
     from boxhack.experiments.adversarial import select_correct
-    from boxhack.experiments.campaign import Job, run_campaign
-    from boxhack.experiments.zoo import monitor_path, prepare_model, prepare_monitor
+    from boxhack.experiments.prepared import monitor_path, prepare_model, prepare_monitor
+    from boxhack.infra.campaign import Job, run_campaign
     from boxhack.infra.files import atomic_write_json, check_output_dir
     from boxhack.infra.locks import exclusive
 
@@ -529,7 +391,7 @@ def _figures(exp_dir, res, labels, adv_pred, adv_acc, fin_pred, fin_acc, cfg, ro
     monitor = None
     try:
         if cfg:
-            from boxhack.experiments.zoo import monitor_path
+            from boxhack.experiments.prepared import monitor_path
             from boxhack.monitor import BoxMonitor
 
             path = monitor_path(root, cfg["key"], cfg["n_clusters"], cfg["tolerance"], res[0]["layer"])

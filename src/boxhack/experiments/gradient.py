@@ -61,7 +61,7 @@ def _job(params: dict) -> dict:
     from boxhack.attacks.gradient import MonitorAttack
     from boxhack.attacks.orthogonal import OrthogonalAttack
     from boxhack.attacks.records import attack_record
-    from boxhack.experiments.zoo import load_prepared
+    from boxhack.experiments.prepared import load_prepared
 
     torch.set_num_threads(1)
     model, _info, dataset, monitor = load_prepared(params["root"], params["key"], params["n_clusters"],
@@ -170,8 +170,8 @@ def run(out_dir, *, quick=False, n_jobs=None, scheduler=None, seed=0, progress=T
     ``goals``, ``norms``, ``attacks`` (subsets), ``eps`` ({norm: [budgets]} for PGD),
     ``n_clusters`` / ``tolerance`` of the monitor (1 / 0)."""
     from boxhack.attacks.records import file_ref
-    from boxhack.experiments.campaign import Job, run_campaign
-    from boxhack.experiments.zoo import monitor_path, prepare_monitor
+    from boxhack.experiments.prepared import monitor_path, prepare_monitor
+    from boxhack.infra.campaign import Job, run_campaign
     from boxhack.infra.files import atomic_write_json, check_output_dir
     from boxhack.infra.locks import exclusive
 

@@ -2,7 +2,7 @@
 
 Before attacking Outside-the-Box monitors, check that they do what they are for: a network
 trained on MNIST digits 0-4 is monitored at its ``relu2`` layer by box monitors with k = 1, 2, 3
-boxes per class and tolerance 0, 0.1, 0.25; each is evaluated (:func:`boxhack.evaluation.
+boxes per class and tolerance 0, 0.1, 0.25; each is evaluated (:func:`boxhack.monitor.evaluation.
 evaluate_novelty`) on the held-out known digits 0-4 and on novel digits 5-9: acceptance of correct
 predictions (1 - false-warning rate), detection of misclassifications, novelty detection rate and
 AUROC of the graded score. The full run adds the elbow-rule monitor (threshold 0.07, as in the
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from boxhack.errors import BoxhackError
-from boxhack.experiments.campaign import Job, run_campaign
+from boxhack.infra.campaign import Job, run_campaign
 from boxhack.infra.files import atomic_write_json, check_output_dir
 from boxhack.infra.jsonl import latest_by_key, read_rows
 from boxhack.infra.locks import exclusive
@@ -53,7 +53,7 @@ def _k_label(k: int | None) -> str:
 
 
 def _check_grid(networks, clusters, tolerances) -> tuple[list[str], list[int | None], list[float]]:
-    from boxhack.experiments.zoo import PAPER_NETWORKS
+    from boxhack.experiments.prepared import PAPER_NETWORKS
 
     networks = list(networks)
     bad = [n for n in networks if n not in PAPER_NETWORKS]
@@ -104,7 +104,7 @@ def make_jobs(
 def _model(net: str, root: str, seed: int):
     key = ("model", net, root, seed)
     if key not in _CACHE:
-        from boxhack.experiments.zoo import prepare_model
+        from boxhack.experiments.prepared import prepare_model
 
         _CACHE[key] = prepare_model(net, root, seed=seed)
     return _CACHE[key]
@@ -113,7 +113,7 @@ def _model(net: str, root: str, seed: int):
 def _monitor(net: str, root: str, k, tol: float, layer: str, seed: int):
     key = ("monitor", net, root, k, tol, layer, seed)
     if key not in _CACHE:
-        from boxhack.experiments.zoo import monitor_path, prepare_monitor
+        from boxhack.experiments.prepared import monitor_path, prepare_monitor
         from boxhack.monitor import BoxMonitor
 
         model, info, ds = _model(net, root, seed)
@@ -171,7 +171,7 @@ def _round(a: np.ndarray, digits: int = 5) -> list[float | None]:
 
 
 def _monitor_job(p: dict[str, Any]) -> dict[str, Any]:
-    from boxhack.evaluation import evaluate_novelty
+    from boxhack.monitor.evaluation import evaluate_novelty
 
     model, monitor, _info, ds = _monitor(p["network"], p["models_root"], p["n_clusters"],
                                         p["tolerance"], p["layer"], p["seed"])
@@ -296,7 +296,7 @@ def run(
 
 def _run_locked(out_dir, networks, monitors, *, root: Path, n_jobs, scheduler, progress,
                 seed) -> None:
-    from boxhack.experiments.zoo import (
+    from boxhack.experiments.prepared import (
         PAPER_NETWORKS,
         monitor_path,
         prepare_model,

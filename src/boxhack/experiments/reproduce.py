@@ -16,7 +16,7 @@ renders ``out_dir/report.html`` (:func:`boxhack.report.html.render_report`).
   ``run.json`` and the report, the next experiment runs, and ``reproduce`` returns normally;
   :func:`failed_experiments` (the CLI's exit code) tells afterwards.
 - Running again into the same directory resumes: every grid is a campaign whose finished jobs
-  are skipped (see :mod:`boxhack.experiments.campaign`). SIGTERM stops it like Ctrl-C: the
+  are skipped (see :mod:`boxhack.infra.campaign`). SIGTERM stops it like Ctrl-C: the
   experiment is recorded as interrupted, its workers are killed, the report is rendered.
 
 ``run.json`` records the invocations (configuration, seeds, versions, machine, per-experiment
@@ -104,7 +104,7 @@ def versions() -> dict[str, str]:
 
 
 def _machine(n_jobs: int | None, scheduler: str | None) -> dict[str, Any]:
-    from boxhack.experiments.campaign import _default_n_jobs
+    from boxhack.infra.campaign import _default_n_jobs
 
     return {
         "host": socket.gethostname(),
@@ -213,7 +213,7 @@ def reproduce(
     if unknown:
         raise BoxhackError(f"options for unknown experiment(s) {unknown}; known: {names}")
     if scheduler is not None:
-        from boxhack.experiments.campaign import check_scheduler_address
+        from boxhack.infra.campaign import check_scheduler_address
 
         check_scheduler_address(scheduler)
 

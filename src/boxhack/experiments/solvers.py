@@ -136,7 +136,7 @@ def _mnist_all():
 def _load(network: str, models_root: str):
     key = ("net", str(models_root), network)
     if key not in _CACHE:
-        from boxhack.experiments.zoo import prepare_monitor
+        from boxhack.experiments.prepared import prepare_monitor
 
         model, monitor, info, dataset = prepare_monitor(network, models_root)
         model.eval()
@@ -249,7 +249,7 @@ def _budget_tag(cls: str, budget: dict) -> str:
 
 def _job(config: dict, refs: dict, part: str, network: str, goal: str, norm: str, solver: str,
          encoding: str, space: str, s: int, ref) -> Any:  # fmt: skip
-    from boxhack.experiments.campaign import Job
+    from boxhack.infra.campaign import Job
 
     cls = budget_class(network, solver, norm, encoding, part)
     budget = config["budgets"][cls]
@@ -304,7 +304,7 @@ def _file_refs(network: str, models_root: str, run_dir) -> dict:
     """References (path relative to the run directory when inside it, and hash) of the model
     directory and monitor file a network's attacks are checked against."""
     from boxhack.attacks.records import file_ref
-    from boxhack.experiments.zoo import monitor_path
+    from boxhack.experiments.prepared import monitor_path
 
     _, _, info, _ = _load(network, models_root)
     model_dir = Path(models_root) / "models" / network
@@ -497,8 +497,8 @@ def run(
 
 
 def _run_locked(out_dir, paths, config, n_jobs, scheduler, client, progress) -> None:
-    from boxhack.experiments.campaign import run_campaign
-    from boxhack.experiments.zoo import prepare_monitor
+    from boxhack.experiments.prepared import prepare_monitor
+    from boxhack.infra.campaign import run_campaign
     from boxhack.infra.files import atomic_write_json
 
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ pool workers and, through them, their sandbox processes. Two mechanisms, both ne
 - :func:`die_with_parent`, called first thing in a child: on Linux ``PR_SET_PDEATHSIG``
   (SIGKILL) makes the kernel kill the child the moment its parent goes, however the parent
   goes, SIGKILL included. The kernel sends it when the *thread* that created the child exits,
-  not the process: see :func:`boxhack.experiments.campaign` for why that thread outlives the
+  not the process: see :func:`boxhack.infra.campaign` for why that thread outlives the
   pool. A daemon thread also polls ``getppid()`` once a second and kills the child when it has
   been re-parented (a platform without ``prctl``, or a parent that died before ``prctl``).
   A child killed this way takes its own children with it when they use the same mechanism

@@ -23,10 +23,10 @@ task's normal run time. A worker that dies (killed by the kernel's out-of-memory
 crashed) gives ``"out-of-memory"`` or ``"error"``; the next task gets a fresh worker. Workers are reused between tasks and stopped at exit; they die with their parent
 (``PR_SET_PDEATHSIG`` on Linux) and ignore Ctrl-C (the parent handles it and kills them).
 
-How workers start (``method``): on Linux a *zygote* (``python -m boxhack.attacks.sandbox
+How workers start (``method``): on Linux a *zygote* (``python -m boxhack.infra.sandbox
 zygote``) imports torch and SciPy once and forks a worker per request (milliseconds, which makes
 killing a stuck solve cheap); elsewhere, or if the zygote cannot start, every worker is a fresh
-``python -m boxhack.attacks.sandbox worker`` (seconds of imports). Both are plain subprocesses,
+``python -m boxhack.infra.sandbox worker`` (seconds of imports). Both are plain subprocesses,
 not :mod:`multiprocessing` children, so they work from daemonic processes (campaign and Dask
 workers) and never re-import the user's ``__main__`` script.
 """
@@ -377,7 +377,7 @@ class _Zygote:
 
     def __init__(self, preload: Sequence[str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cmd = [sys.executable, "-m", "boxhack.attacks.sandbox", "zygote", str(theirs.fileno()),
+        cmd = [sys.executable, "-m", "boxhack.infra.sandbox", "zygote", str(theirs.fileno()),
                str(os.getpid()), *preload]  # fmt: skip
         try:
             self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=_child_env(),
@@ -506,7 +506,7 @@ class _Worker:
             if zygote is not None:
                 self.proc = _ZygoteChild(zygote, zygote.fork(r_child, w_child, c_fd))
             else:
-                cmd = [sys.executable, "-m", "boxhack.attacks.sandbox", "worker", str(r_child),
+                cmd = [sys.executable, "-m", "boxhack.infra.sandbox", "worker", str(r_child),
                        str(w_child), str(c_fd), str(os.getpid()), *preload]  # fmt: skip
                 self.proc = _Popen(subprocess.Popen(
                     cmd, pass_fds=(r_child, w_child, c_fd), env=_child_env(),
@@ -870,7 +870,7 @@ def allocate_task(args, ctx: TaskContext):
 
 if __name__ == "__main__":  # pragma: no cover - the child processes' entry point
     if len(sys.argv) < 2 or sys.argv[1] not in ("worker", "zygote"):
-        print("usage: python -m boxhack.attacks.sandbox worker|zygote ...\n(started by boxhack "
+        print("usage: python -m boxhack.infra.sandbox worker|zygote ...\n(started by boxhack "
               "itself; not meant to be run by hand)", file=sys.stderr)
         sys.exit(2)
     main = _worker_main if sys.argv[1] == "worker" else _zygote_main

@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/boxhack reproduce --quick --out runs/demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache  # the layers of docs/architecture.md
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

@@ -29,9 +29,11 @@ __all__ = ["TIMING_FIELDS", "Difference", "diff_files", "diff_rows", "main", "st
 
 #: Keys whose values are measured by a clock or name the process that ran the job; ignored at
 #: any depth of a row. ``wall_s``: a job's or a solve's elapsed seconds (campaign rows and
-#: solver results); ``solve_s``: a solve's elapsed seconds; ``worker``: host:pid of the
+#: solver results); ``solve_s``: a solve's elapsed seconds; ``train_s``, ``attack_s``,
+#: ``repair_s``: elapsed seconds of a training or an attack stage; ``worker``: host:pid of the
 #: campaign worker (or the sandbox worker's number); ``time``: a wall-clock timestamp.
-TIMING_FIELDS = frozenset({"wall_s", "solve_s", "worker", "time"})
+TIMING_FIELDS = frozenset({"wall_s", "solve_s", "train_s", "attack_s", "repair_s", "worker",
+                           "time"})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,16 +119,38 @@ def diff_files(
     return diff_rows(read_rows(path_a), read_rows(path_b), ignore)
 
 
+def replace_text(value: Any, old: str, new: str) -> Any:
+    """``value`` with ``old`` replaced by ``new`` in every string, at any depth."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, Mapping):
+        return {k: replace_text(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_text(v, old, new) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    roots: tuple[str, str] | None = None
+    if len(args) == 4 and args[0] == "--roots" and args[1].count(",") == 1:
+        old, new = args[1].split(",")
+        roots = (old.rstrip("/"), new.rstrip("/"))
+        args = args[2:]
     if len(args) != 2 or args[0].startswith("-"):
-        print("usage: diff-rows A.jsonl B.jsonl\n"
+        print("usage: diff-rows [--roots DIR_A,DIR_B] A.jsonl B.jsonl\n"
               "Compares the newest row per key, ignoring the timing fields "
-              f"{', '.join(sorted(TIMING_FIELDS))}; exit 0 if identical, 1 if not.",
+              f"{', '.join(sorted(TIMING_FIELDS))}; exit 0 if identical, 1 if not.\n"
+              "--roots: the two runs' directories; A's is read as B's in every string "
+              "(rows that record absolute paths).",
               file=sys.stderr)  # fmt: skip
         return 2
     try:
-        diffs = diff_files(args[0], args[1])
+        if roots is None:
+            diffs = diff_files(args[0], args[1])
+        else:
+            rows_a = [replace_text(r, roots[0], roots[1]) for r in read_rows(args[0])]
+            diffs = diff_rows(rows_a, read_rows(args[1]))
         n_a = len(latest_by_key(read_rows(args[0])))
         n_b = len(latest_by_key(read_rows(args[1])))
     except BoxhackError as exc:

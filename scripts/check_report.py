@@ -17,6 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+from boxhack.errors import BoxhackError
+from boxhack.report.browser import CHROMIUM_HINT, find_chromium
+from boxhack.workflow import check_report
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,9 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-browser", action="store_true",
                         help="only the static checks (no Chromium needed)")
     args = parser.parse_args(argv)
-
-    from boxhack.errors import BoxhackError
-    from boxhack.report.html import CHROMIUM_HINT, check_report, find_chromium
 
     report = args.report / "report.html" if args.report.is_dir() else args.report
     if not report.is_file():

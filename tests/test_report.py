@@ -14,27 +14,21 @@ from pathlib import Path
 import pytest
 
 from boxhack.cli import main
-from boxhack.experiments.reproduce import rebuild_report, reproduce
-from boxhack.report.html import (
-    CHROMIUM_HINT,
-    _ImgParser,
-    check_report,
-    find_chromium,
-    render_report,
-)
+from boxhack.errors import BoxhackError
+from boxhack.experiments import spec
+from boxhack.experiments.spec import Settings
+from boxhack.report.browser import CHROMIUM_HINT, find_chromium, page_images
+from boxhack.workflow import check_report, rebuild_report, render_report, reproduce, run
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 import report_fakes  # needs TESTS_DIR on sys.path
-from report_fakes import fake
 
 
 def images(html_text: str) -> list[dict[str, str]]:
-    parser = _ImgParser()
-    parser.feed(html_text)
-    return parser.images
+    return page_images(html_text)
 
 
 def decoded(img: dict[str, str]) -> bytes:
@@ -85,9 +79,11 @@ def test_report_escapes_user_strings(fake_run: Path) -> None:
 
 def test_reproduce_passes_its_settings_to_the_experiment(fake_run: Path) -> None:
     given = json.loads((fake_run / "fake" / "given.json").read_text())
+    # every experiment gets the settings (solve_timeout too: those without solves ignore it)
+    # and every option of its own, at its default unless given
     assert given == {"quick": False, "n_jobs": 1, "seed": 3, "scheduler": None,
                      "solve_timeout": 7.0, "models_root": str(fake_run / "models"),
-                     "options": []}
+                     "options": {"n": 5, "extra": None}}
     run = json.loads((fake_run / "run.json").read_text())
     assert run["experiments"]["fake"]["status"] == "ok"
     assert run["experiments"]["fake"]["module"] == "report_fakes.fake"
@@ -96,13 +92,22 @@ def test_reproduce_passes_its_settings_to_the_experiment(fake_run: Path) -> None
 
 
 def test_reproduce_passes_the_scheduler_and_options(tmp_path: Path, monkeypatch) -> None:
-    # the fake experiment runs in-process whatever it is given; only the pass-through is checked
+    # the campaign runs in-process whatever it is given; only the pass-through is checked
     report_fakes.use(monkeypatch, "fake")
+    campaigns = []
+    real = spec.run_campaign
+
+    def in_process(jobs, fn, out, **kwargs):
+        campaigns.append(kwargs)
+        return real(jobs, fn, out, **{**kwargs, "scheduler": None, "n_jobs": 1})
+
+    monkeypatch.setattr(spec, "run_campaign", in_process)
     reproduce(tmp_path, scheduler="tcp://127.0.0.1:8786", quick=True,
               progress=False, options={"fake": {"n": 2, "extra": 1}})
+    assert [c["scheduler"] for c in campaigns] == ["tcp://127.0.0.1:8786"]
     given = json.loads((tmp_path / "fake" / "given.json").read_text())
     assert given["scheduler"] == "tcp://127.0.0.1:8786" and given["quick"] is True
-    assert given["options"] == ["extra"]
+    assert given["options"] == {"n": 2, "extra": 1}
     summary = json.loads((tmp_path / "fake" / "summary.json").read_text())
     assert len(summary["tables"][0]["rows"]) == 2
     run = json.loads((tmp_path / "run.json").read_text())
@@ -152,6 +157,15 @@ def test_report_cli_rerenders_from_the_jsonl_alone(fake_run: Path) -> None:
         assert decoded(img).startswith(b"\x89PNG\r\n\x1a\n")
 
 
+def test_an_experiment_option_it_does_not_have_is_refused(tmp_path: Path, monkeypatch) -> None:
+    report_fakes.use(monkeypatch, "fake")
+    with pytest.raises(BoxhackError, match="has no option.*nope; its options: n, extra"):
+        run("fake", tmp_path / "run", options={"nope": 1})
+    assert not (tmp_path / "run" / "fake").exists()  # refused before anything was written
+    with pytest.raises(BoxhackError, match="unknown experiment 'fak'"):
+        run("fak", tmp_path / "run")
+
+
 def test_rebuild_report_shows_a_failing_summarise(fake_run: Path) -> None:
     rows = fake_run / "fake" / "rows.jsonl"
     rows.write_text(rows.read_text().replace('"square":', '"squared":'))  # summarise will fail
@@ -172,7 +186,7 @@ def test_report_of_a_missing_or_empty_directory(tmp_path: Path) -> None:
 def test_report_without_run_record(tmp_path: Path, monkeypatch) -> None:
     """Experiments run one by one (no run.json): the report still renders, and says so."""
     report_fakes.use(monkeypatch, "fake")
-    fake.run(tmp_path, n_jobs=1, progress=False)
+    run("fake", tmp_path, Settings(n_jobs=1, progress=False))
     text = render_report(tmp_path).read_text(encoding="utf-8")
     assert "no run.json here" in text and len(images(text)) == 2
 

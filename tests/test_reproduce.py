@@ -17,10 +17,10 @@ import pytest
 
 from boxhack.cli import main
 from boxhack.errors import BoxhackError
-from boxhack.experiments import novelty
-from boxhack.experiments.reproduce import comparable, failed_experiments, reproduce
+from boxhack.experiments.prepared import prepare_monitor
 from boxhack.infra.jsonl import read_rows
-from boxhack.report.html import _ImgParser
+from boxhack.report.browser import page_images
+from boxhack.workflow import comparable, failed_experiments, reproduce, run, summarise
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
@@ -33,9 +33,7 @@ NOVELTY = {"networks": ["mnist0-4"], "clusters": [1, 3], "tolerances": [0.0, 0.2
 
 
 def n_images(html_path: Path) -> int:
-    parser = _ImgParser()
-    parser.feed(html_path.read_text(encoding="utf-8"))
-    return len(parser.images)
+    return len(page_images(html_path.read_text(encoding="utf-8")))
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +65,6 @@ def test_quick_reproduce_writes_run_record_and_report(quick_run: Path) -> None:
 
 
 def test_novelty_rows_agree_with_the_monitor(quick_run: Path) -> None:
-    from boxhack.experiments.prepared import prepare_monitor
-
     rows = read_rows(quick_run / "novelty" / "rows.jsonl")
     assert len(rows) == 1 + 4 and all(r["status"] == "ok" for r in rows)
     acc = next(r["result"] for r in rows if r["params"]["task"] == "accuracy")
@@ -105,24 +101,27 @@ def test_novelty_summary_is_rebuilt_from_the_jsonl_alone(quick_run: Path, tmp_pa
     assert [f["path"] for f in original["figures"]] == [
         "novelty_rates.png", "novelty_roc.png", "novelty_examples.png"]
     assert len(original["paper"]) == 4
-    # a directory holding nothing but the rows: no run.json, no summary, no figures, no models
+    # a directory holding nothing but the stored data (the configuration, the rows and the
+    # runs' timings): no run.json, no summary, no figures, no models
     alone = tmp_path / "alone"
     (alone / "novelty").mkdir(parents=True)
-    shutil.copy(quick_run / "novelty" / "rows.jsonl", alone / "novelty" / "rows.jsonl")
+    for name in ("config.json", "rows.jsonl", "timing.json"):
+        shutil.copy(quick_run / "novelty" / name, alone / "novelty" / name)
     assert main(["report", str(alone)]) == 0
     assert json.loads((alone / "novelty" / "summary.json").read_text()) == original
     assert n_images(alone / "report.html") == 3
 
 
 def test_novelty_rejects_bad_options(tmp_path: Path) -> None:
-    with pytest.raises(BoxhackError, match="unknown option"):
-        novelty.run(tmp_path, clusterz=[1])
+    with pytest.raises(BoxhackError, match="has no option.*clusterz"):
+        run("novelty", tmp_path, options={"clusterz": [1]})
     with pytest.raises(BoxhackError, match="unknown or no networks"):
-        novelty.run(tmp_path, networks=["mnist11"])
+        run("novelty", tmp_path, options={"networks": ["mnist11"]})
     with pytest.raises(BoxhackError, match="tolerances"):
-        novelty.run(tmp_path, networks=["mnist0-4"], tolerances=[-0.1])
-    with pytest.raises(BoxhackError, match="no rows"):
-        novelty.summarise(tmp_path)
+        run("novelty", tmp_path, options={"networks": ["mnist0-4"], "tolerances": [-0.1]})
+    assert not (tmp_path / "novelty").exists()  # refused before anything was written
+    with pytest.raises(BoxhackError, match="config.json is missing; run the experiment"):
+        summarise("novelty", tmp_path)
 
 
 def test_reproduce_rejects_bad_arguments(tmp_path: Path) -> None:
@@ -144,10 +143,9 @@ def test_a_failing_experiment_keeps_the_others(tmp_path: Path, monkeypatch, caps
     out = tmp_path / "run"
     report = reproduce(out, n_jobs=1, progress=False, solve_timeout=5)
     failed = failed_experiments(out)
-    # solve_timeout goes only to a run() that names it: not to broken's **options. A
-    # registered module that is missing is an error (a broken installation), never "skipped".
+    # A registered module that is missing is an error (a broken installation), never "skipped".
     assert set(failed) == {"broken", "missing"}
-    assert failed["broken"] == "RuntimeError: broken on purpose; options=[]"
+    assert failed["broken"] == "RuntimeError: broken on purpose"
     assert "its module report_fakes.missing cannot be imported" in failed["missing"]
     run = json.loads((out / "run.json").read_text())
     assert run["experiments"]["fake"]["status"] == "ok"
@@ -210,9 +208,10 @@ def _env() -> dict[str, str]:
 def _start_slow(out: Path, ready: Path, release: Path) -> subprocess.Popen:
     """A real ``reproduce`` in another process whose one experiment waits for ``release``."""
     script = (
-        "from boxhack.experiments import registry\n"
-        "registry.EXPERIMENTS = {'slow': 'report_fakes.slow'}\n"
-        "from boxhack.experiments.reproduce import reproduce\n"
+        "from boxhack.workflow import registry\n"
+        "registry.EXPERIMENTS = {'slow': registry.Entry('report_fakes.slow', "
+        "'report_fakes.slow')}\n"
+        "from boxhack.workflow import reproduce\n"
         f"reproduce({str(out)!r}, n_jobs=1, progress=False, options={{'slow': "
         f"{{'ready': {str(ready)!r}, 'release': {str(release)!r}}}}})\n"
     )
@@ -353,3 +352,85 @@ def test_run_records_differ_only_in_timing_and_machine(tmp_path: Path, monkeypat
     assert first["timing"]["wall_s"] > 0 and first["experiments"]["fake"]["timing"]["finished"]
     assert first != second  # the clocks did move...
     assert comparable(first) == comparable(second)  # ...and nothing else differs
+
+
+# --- the registry and the generated CLI -------------------------------------------------------
+
+
+def test_the_registry_is_the_one_list_of_experiments() -> None:
+    from boxhack.experiments.spec import Experiment
+    from boxhack.report.present import Presenter
+    from boxhack.workflow import registry
+
+    assert registry.names() == ("novelty", "solvers", "adversarial", "combined", "gradient")
+    for name in ("novelty", "solvers"):
+        reg = registry.load(name)
+        assert isinstance(reg.experiment, Experiment) and reg.experiment.name == name
+        assert isinstance(reg.presenter, Presenter)
+        assert reg.module == f"boxhack.experiments.{name}"
+    before = set(sys.modules)
+    for bad in ("nope", "this.zen", "boxhack.experiments.novelty", None):
+        with pytest.raises(BoxhackError, match="unknown experiment"):
+            registry.load(bad)
+    assert set(sys.modules) == before  # a name that is not registered is never imported
+
+
+def test_a_registered_module_without_its_declaration_is_an_error(monkeypatch) -> None:
+    from boxhack.workflow import registry
+
+    monkeypatch.setattr(registry, "EXPERIMENTS", {
+        "novelty": registry.Entry("boxhack.experiments.novelty", "boxhack.report.novelty"),
+        "renamed": registry.Entry("boxhack.experiments.novelty", "boxhack.report.novelty"),
+        "bare": registry.Entry("boxhack.experiments.spec", "boxhack.report.novelty"),
+    })
+    with pytest.raises(BoxhackError, match="is named 'novelty'; it must be named after"):
+        registry.load("renamed")
+    with pytest.raises(BoxhackError, match="needs EXPERIMENT = Experiment"):
+        registry.load("bare")
+
+
+def test_the_experiment_commands_are_generated_from_the_registry(
+    quick_run: Path, tmp_path: Path, capsys
+) -> None:
+    """``boxhack experiment novelty`` exists (it did not before the registry), its flags are
+    its options (comma lists converted, booleans as --x/--no-x), and it runs the same jobs as
+    reproduce."""
+    out = tmp_path / "cli"
+    code = main(["experiment", "novelty", "--out", str(out), "--models-root",
+                 str(quick_run / "models"), "--networks", "mnist0-4", "--clusters", "1,3",
+                 "--tolerances", "0,0.25", "--no-elbow", "--jobs", "1", "-q"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Novelty detection: mnist0-4 network" in text and "summary:" in text
+    keys = {r["key"] for r in read_rows(out / "novelty" / "rows.jsonl")}
+    assert keys == {r["key"] for r in read_rows(quick_run / "novelty" / "rows.jsonl")}
+    assert not (out / "report.html").exists()  # one experiment: its summary, no report
+    assert json.loads((out / "novelty" / "summary.json").read_text())["figures"]
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--clusters", "0"], "argument --clusters: must be >= 1, got 0"),
+    (["--clusters", "1,x"], "argument --clusters: expected an integer, got 'x'"),
+    (["--tolerances", "nan"], "argument --tolerances: expected a finite number"),
+    (["--networks", "mnist11"], "argument --networks: unknown mnist11; choose from"),
+    (["--elbow", "yes"], "unrecognized arguments: yes"),
+    (["--jobs", "0"], "argument --jobs: must be >= 1"),
+])
+def test_generated_flags_refuse_bad_values_in_one_line(argv, needle, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", "novelty", "--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_experiment_that_cannot_be_loaded_keeps_its_command(monkeypatch, capsys) -> None:
+    report_fakes.use(monkeypatch, "fake", "missing")
+    assert main(["experiment", "missing", "--n", "3", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err).endswith("the boxhack installation is broken, reinstall it")
+    assert "report_fakes.missing cannot be imported" in err
+    with pytest.raises(SystemExit):
+        main(["experiment", "--help"])
+    assert "missing" in capsys.readouterr().out  # listed, with why it cannot run

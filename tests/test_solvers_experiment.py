@@ -17,13 +17,17 @@ import pytest
 
 from boxhack.errors import BoxhackError
 from boxhack.experiments import solvers
+from boxhack.experiments.spec import Settings
 from boxhack.infra.arrays import decode_array
 from boxhack.infra.jsonl import read_rows
 from boxhack.infra.rowdiff import TIMING_FIELDS, diff_files, diff_rows
+from boxhack.report.solvers import compare_rates
+from boxhack.workflow import run, summarise
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HANG = 600.0  # generous "did not hang" bound for a whole small campaign
 FAST = {"mnist-slsqp-l1": {"solver_options": {"maxiter": 0}}}
+SMALL = {"networks": ["xor", "mnist2"], "n": 1, "n_fig6": 1, "budgets": FAST}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +41,8 @@ def small_run(tmp_path_factory, models_root):
     budgets) and one figure-6 digit: every figure is drawn. SLSQP's one L1 iteration on the raw
     pixels (seconds of CPU) is cut to none here: this checks the machinery, not the solver."""
     out = tmp_path_factory.mktemp("solver-run")
-    summary = solvers.run(
-        out, quick=True, n_jobs=2, models_root=models_root, progress=False,
-        networks=["xor", "mnist2"], n_samples=1, n_fig6=1, budgets=FAST,
-    )  # fmt: skip
+    summary = run("solvers", out, Settings(quick=True, n_jobs=2, progress=False), SMALL,
+                  models_root=models_root)  # fmt: skip
     return out, summary
 
 
@@ -158,11 +160,13 @@ def test_rerun_resumes_and_summarise_is_repeatable(small_run, models_root):
     out, summary = small_run
     path = out / solvers.NAME / "rows.jsonl"
     before = path.read_bytes()
-    again = solvers.run(out, quick=True, n_jobs=1, models_root=models_root, progress=False,
-                        networks=["xor", "mnist2"], n_samples=1, n_fig6=1, budgets=FAST)  # fmt: skip
+    again = run("solvers", out, Settings(quick=True, n_jobs=1, progress=False), SMALL,
+                models_root=models_root)  # fmt: skip
     assert path.read_bytes() == before  # nothing re-run
     assert again["tables"] == summary["tables"]
-    assert solvers.summarise(out)["tables"] == summary["tables"]
+    rebuilt = summarise("solvers", out, models_root=models_root)
+    assert {k: v for k, v in rebuilt.items() if k != "timing"} == {
+        k: v for k, v in again.items() if k != "timing"}
 
 
 def test_a_second_run_on_a_locked_directory_writes_nothing(small_run, models_root):
@@ -175,8 +179,8 @@ def test_a_second_run_on_a_locked_directory_writes_nothing(small_run, models_roo
     files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in base.iterdir()
              if p.is_file() and p.name != ".lock"}  # fmt: skip
     with exclusive(base, "test holder"), pytest.raises(BoxhackError, match="in use"):
-        solvers.run(out, quick=True, n_jobs=1, models_root=models_root, progress=False,
-                    networks=["xor"], n_samples=6)  # a different config: would rewrite it
+        run("solvers", out, Settings(quick=True, n_jobs=1, progress=False),
+            {"networks": ["xor"], "n": 6}, models_root=models_root)  # would rewrite config
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in base.iterdir()
              if p.is_file() and p.name != ".lock"}  # fmt: skip
     assert after == files
@@ -197,40 +201,45 @@ def test_starting_points_are_of_the_right_kind(small_run, models_root):
 
 
 def test_honest_comparison_sentences():
-    assert solvers.compare_rates({"shgo": (2, 8), "de": (2, 8)}) == (
+    assert compare_rates({"shgo": (2, 8), "de": (2, 8)}) == (
         "SHGO and DE have the same success rate here.")
-    assert solvers.compare_rates({"shgo": (0, 8), "de": (2, 8)}) == (
+    assert compare_rates({"shgo": (0, 8), "de": (2, 8)}) == (
         "Here DE has the highest success rate.")
-    assert solvers.compare_rates({"shgo": (3, 4), "de": (6, 8), "x": (1, 8)}) == (
+    assert compare_rates({"shgo": (3, 4), "de": (6, 8), "x": (1, 8)}) == (
         "SHGO and DE share the highest success rate here.")
-    assert solvers.compare_rates({"shgo": (0, 0), "de": (2, 8)}) == ""
+    assert compare_rates({"shgo": (0, 0), "de": (2, 8)}) == ""
 
 
 def test_bad_options(tmp_path):
     with pytest.raises(BoxhackError, match="unknown network"):
-        solvers.make_config(networks=["mnist7"], out_dir=tmp_path)
+        solvers.make_config(networks=["mnist7"])
     with pytest.raises(BoxhackError, match="unknown solver"):
-        solvers.make_config(solvers=["newton"], out_dir=tmp_path)
+        solvers.make_config(solvers=["newton"])
     with pytest.raises(BoxhackError, match="unknown budget class"):
-        solvers.make_config(budgets={"gpu": {"max_evals": 3}}, out_dir=tmp_path)
+        solvers.make_config(budgets={"gpu": {"max_evals": 3}})
     with pytest.raises(BoxhackError, match="max_evals must be a positive integer"):
-        solvers.make_config(budgets={"toy": {"max_evals": 0}}, out_dir=tmp_path)
+        solvers.make_config(budgets={"toy": {"max_evals": 0}})
     with pytest.raises(BoxhackError, match="solve_timeout"):
-        solvers.make_config(solve_timeout=-1, out_dir=tmp_path)
-    with pytest.raises(BoxhackError, match="unknown option"):
-        solvers.run(tmp_path, bogus=1)
+        solvers.make_config(solve_timeout=-1)
+    with pytest.raises(BoxhackError, match="solve_timeout"):
+        run("solvers", tmp_path, Settings(solve_timeout=-1))
+    with pytest.raises(BoxhackError, match="has no option"):
+        run("solvers", tmp_path, options={"bogus": 1})
     with pytest.raises(BoxhackError, match="config.json"):
-        solvers.summarise(tmp_path / "nothing")
-    config = solvers.make_config(solve_timeout=30, out_dir=tmp_path)
+        summarise("solvers", tmp_path / "nothing")
+    assert not (tmp_path / "solvers").exists()  # every refusal came before any write
+    config = solvers.make_config(solve_timeout=30)
     assert set(config["safety_net_s"].values()) == {30.0}
     assert config["budgets"] == solvers.BUDGETS  # the safety net never changes a budget
     assert config["n_samples"] == 20 and config["networks"] == list(solvers.NETWORKS)
-    assert config["models_root"] == "models"  # relative to the run directory
+    # the CLI's defaults are the declaration's: the same configuration
+    options = solvers.EXPERIMENT.resolve_options({}, quick=False)
+    assert solvers.configure(Settings(solve_timeout=30), options) == config
 
 
 # ------------------------------------------------------------------ the same rows, always
 
-_GRID = ["--networks", "xor", "--encodings", "margin", "--n", "2", "--jobs", "1", "--no-progress"]
+_GRID = ["--networks", "xor", "--encodings", "margin", "--n", "2", "--jobs", "1", "-q"]
 
 
 def _cli_run(out, models_root, **kw) -> subprocess.Popen:
@@ -311,7 +320,7 @@ def test_cli_experiment_solvers(tmp_path, models_root, capsys):
     code = main([
         "experiment", "solvers", "--out", str(tmp_path), "--models-root", str(models_root),
         "--networks", "xor", "--solvers", "slsqp,de", "--encodings", "margin", "--n", "1",
-        "--jobs", "1", "--no-progress",
+        "--jobs", "1", "--no-progress",  # the old spelling of -q still works
     ])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out

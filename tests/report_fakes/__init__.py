@@ -1,9 +1,9 @@
-"""Tiny experiment modules following the experiment contract, for tests/test_report.py and
-tests/test_reproduce.py.
+"""Tiny experiments following the experiment contract (``EXPERIMENT`` and ``PRESENTER`` in one
+module each), for tests/test_report.py and tests/test_reproduce.py.
 
-reproduce and report only ever run the experiments of :mod:`boxhack.experiments.registry`;
-the tests register these fakes there in-process with :func:`use`, never through anything
-written in a run directory.
+reproduce and report only ever run the experiments of :mod:`boxhack.workflow.registry`; the
+tests register these fakes there in-process with :func:`use`, never through anything written
+in a run directory.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ FAKES = {
 }
 
 
-def use(monkeypatch: Any, *names: str) -> dict[str, str]:
+def use(monkeypatch: Any, *names: str) -> dict[str, Any]:
     """Make the registry hold exactly the fakes ``names`` (in that order) for this test."""
-    from boxhack.experiments import registry
+    from boxhack.workflow import registry
 
-    chosen = {name: FAKES[name] for name in names}
+    chosen = {name: registry.Entry(FAKES[name], FAKES[name]) for name in names}
     monkeypatch.setattr(registry, "EXPERIMENTS", chosen)
     return chosen

@@ -1,15 +1,12 @@
-"""A fake experiment whose run() always raises (and says which extra options it was given)."""
+"""A fake experiment whose plan always raises (after the options were checked)."""
 
 from __future__ import annotations
 
-NAME = "broken"
-TITLE = "Broken on purpose"
+from report_fakes import fake
 
 
-def run(out_dir, *, quick=False, n_jobs=None, scheduler=None, seed=0, progress=True,
-        models_root=None, **options):
-    raise RuntimeError(f"broken on purpose; options={sorted(options)}")
+def plan(config, ctx):
+    raise RuntimeError("broken on purpose")
 
 
-def summarise(out_dir):
-    raise RuntimeError("nothing to summarise")
+EXPERIMENT, PRESENTER = fake.declare("broken", "Broken on purpose", plan=plan)

@@ -18,6 +18,7 @@ from boxhack.errors import BoxhackError
 # Order = order in --help.
 COMMAND_GROUPS = ("data", "train", "monitor", "attack", "experiment", "reproduce", "report",
                   "verify")
+_MODULES = {"experiment": "experiment"}  # groups whose module is not <group>_cmd
 
 
 class BoxhackParser(argparse.ArgumentParser):
@@ -39,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in COMMAND_GROUPS:
+        name = _MODULES.get(group, f"{group}_cmd")
         try:
-            module = importlib.import_module(f"boxhack.cli.{group}_cmd")
+            module = importlib.import_module(f"boxhack.cli.{name}")
         except ModuleNotFoundError as exc:  # a group not built yet
-            if exc.name == f"boxhack.cli.{group}_cmd":
+            if exc.name == f"boxhack.cli.{name}":
                 continue
             raise
         module.register(sub)

@@ -1,9 +1,13 @@
-"""``boxhack report RUN_DIR``: re-render a run's report from its JSONL rows alone."""
+"""``boxhack report RUN_DIR``: re-render a run's report from its JSONL rows alone (a thin layer
+over :func:`boxhack.workflow.rebuild_report`)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+from boxhack.errors import BoxhackError
+from boxhack.workflow import check_report, rebuild_report, render_report, unknown_experiments
 
 
 def register(sub) -> None:
@@ -31,10 +35,6 @@ def register(sub) -> None:
 
 
 def _report(args) -> int:
-    from boxhack.errors import BoxhackError
-    from boxhack.experiments.reproduce import rebuild_report
-    from boxhack.report.html import check_report, find_experiments, render_report
-
     run_dir = Path(args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise BoxhackError(f"RUN_DIR {run_dir} is a file; give a run directory")
@@ -46,7 +46,7 @@ def _report(args) -> int:
     else:
         report, errors = rebuild_report(run_dir, out=args.out)
     print(report)
-    for other in find_experiments(run_dir)[1]:
+    for other in unknown_experiments(run_dir):
         print(f"boxhack: unknown experiment directory {other}: ignored", file=sys.stderr)
     status = 0
     for name, error in errors.items():

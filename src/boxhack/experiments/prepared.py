@@ -25,6 +25,7 @@ from boxhack.data import Dataset, load_dataset
 from boxhack.errors import BoxhackError
 from boxhack.models.io import load_model, save_model
 from boxhack.models.train import train_model
+from boxhack.monitor import BoxMonitor
 
 # key -> (architecture, data set, classes)
 PAPER_NETWORKS: dict[str, tuple[str, str, str | None]] = {
@@ -102,8 +103,6 @@ def prepare_monitor(
     seed: int = 0,
 ):
     """``(model, monitor, info, dataset)``: a BoxMonitor fitted on the training split, cached."""
-    from boxhack.monitor import BoxMonitor
-
     model, info, dataset = prepare_model(key, root, seed=seed)
     layer = layer or info["default_layer"]
     path = monitor_path(root, key, n_clusters, tolerance, layer)
@@ -136,8 +135,6 @@ def prepare_monitor(
 def load_prepared(root: str, key: str, n_clusters: int, tolerance: float):
     """``(model, info, dataset, monitor)`` already prepared under ``root`` (default layer),
     loaded once per process: campaign job functions call this instead of reloading per job."""
-    from boxhack.monitor import BoxMonitor
-
     model, info, dataset = prepare_model(key, root)
     monitor = BoxMonitor.load(monitor_path(root, key, n_clusters, tolerance, info["default_layer"]))
     return model, info, dataset, monitor

@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boxhack.attacks.records import load_attack, recheck, resolve_ref
 from boxhack.errors import BoxhackError
+from boxhack.infra.jsonl import latest_by_key, read_rows
+from boxhack.models.io import load_model, sha256_file
+from boxhack.monitor import check_compatible
+from boxhack.monitor.registry import load_monitor
 
 __all__ = ["VerifySummary", "verify_path"]
 
@@ -70,9 +75,6 @@ class _Loader:
         self.checked: set[tuple[Path, Path]] = set()
 
     def model(self, ref: Mapping[str, Any], base: Path, where: str):
-        from boxhack.attacks.records import resolve_ref
-        from boxhack.models.io import load_model
-
         path = resolve_ref(ref, base)
         key = Path(os.path.abspath(path))
         if key not in self.models:
@@ -91,10 +93,6 @@ class _Loader:
         return key, model, info
 
     def monitor(self, ref: Mapping[str, Any], base: Path, where: str):
-        from boxhack.attacks.records import resolve_ref
-        from boxhack.models.io import sha256_file
-        from boxhack.monitor.registry import load_monitor
-
         path = resolve_ref(ref, base)
         key = Path(os.path.abspath(path))
         if key not in self.monitors:
@@ -112,8 +110,6 @@ class _Loader:
         return key, monitor
 
     def pair(self, record: Mapping[str, Any], base: Path, where: str):
-        from boxhack.monitor import check_compatible
-
         for name in ("model", "monitor"):
             if not isinstance(record.get(name), Mapping):
                 raise BoxhackError(f"{where}: the stored attack has no {name} reference")
@@ -131,8 +127,6 @@ class _Loader:
 
 def _recheck_into(summary: VerifySummary, experiment: str, record, base: Path, where: str,
                   loader: _Loader, label: dict[str, Any]) -> None:
-    from boxhack.attacks.records import recheck
-
     if not isinstance(record, Mapping):
         raise BoxhackError(f"{where}: a stored attack is a {type(record).__name__}, not a record")
     model, monitor = loader.pair(record, base, where)
@@ -169,9 +163,6 @@ def verify_path(path: str | os.PathLike) -> VerifySummary:
     is neither a run directory nor a saved attack, a run without stored attacks, a damaged
     row or record, a referenced model or monitor that is missing or whose hash changed.
     """
-    from boxhack.attacks.records import load_attack
-    from boxhack.infra.jsonl import latest_by_key, read_rows
-
     p = Path(path)
     loader = _Loader()
     if p.is_file():

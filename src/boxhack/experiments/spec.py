@@ -12,15 +12,25 @@ Each experiment module declares one :class:`Experiment`::
         summarise=summarise,   # (config, rows, ctx) -> summary data (tables, numbers)
     )
 
-and :func:`run_experiment` runs any of them the same way: lock the experiment's directory
-before writing anything, configure, plan, write ``config.json`` (atomically), run the jobs as a
-resumable campaign into ``rows.jsonl``, and summarise the rows of *this* configuration.
-Figures and sentences are presentation: they live in :mod:`boxhack.report`, and
-:mod:`boxhack.workflow` puts the two together (the registry, ``reproduce``, ``report``).
+``configure`` receives every option of the experiment: the ones given, and each other one at
+its default (:meth:`Option.default_for`: the ``quick`` default in quick mode). An experiment
+whose job parameters name files relative to the run directory (so that the same command gives
+the same rows in any ``--out``) sets ``job_in_run_dir=True``: its job is then called as
+``job(params, run_dir=<the run directory, absolute>)``.
+
+:func:`run_experiment` runs any of them the same way: lock the experiment's directory before
+writing anything, configure, plan, write ``config.json`` (atomically), run the jobs as a
+resumable campaign into ``rows.jsonl``, record the run's wall time in ``timing.json``, and
+summarise the rows of *this* configuration. Figures and sentences are presentation: they live
+in :mod:`boxhack.report`, and :mod:`boxhack.workflow` puts the two together (the registry,
+``run``, ``reproduce``, ``report``).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from boxhack.errors import BoxhackError
-from boxhack.infra.campaign import Job, run_campaign
+from boxhack.infra.campaign import Job, check_scheduler_address, run_campaign
 from boxhack.infra.files import atomic_write_json, check_output_dir
 from boxhack.infra.jsonl import latest_by_key, read_rows
 from boxhack.infra.locks import exclusive
@@ -37,27 +47,36 @@ __all__ = [
     "CONFIG_FILE",
     "ROWS_FILE",
     "SUMMARY_FILE",
+    "TIMING_FILE",
     "Experiment",
     "Option",
     "RunContext",
     "Settings",
+    "check_settings",
     "load_config_and_rows",
+    "load_timing",
     "run_experiment",
+    "run_jobs",
+    "start_run",
 ]
 
 ROWS_FILE = "rows.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+TIMING_FILE = "timing.json"
+
+OPTION_KINDS = (int, float, str, bool, "list", "json")
 
 
 @dataclass(frozen=True)
 class Option:
     """One experiment-specific option; the CLI's ``boxhack experiment NAME`` flags are
-    generated from these (``--name-with-dashes``).
+    generated from these (:attr:`flag`: ``--name-with-dashes``).
 
-    ``kind``: ``int``, ``float``, ``str``, ``bool`` or ``"list"`` (comma-separated strings;
-    ``choices`` then limits the items). ``quick`` is the default in quick mode (``None``: same
-    as ``default``).
+    ``kind``: ``int``, ``float``, ``str``, ``bool``, ``"list"`` (comma-separated on the CLI,
+    each item converted by ``item``; ``choices`` then limits the items) or ``"json"`` (a JSON
+    value on the CLI, e.g. per-class budgets). ``quick`` is the default in quick mode
+    (``None``: the same as ``default``). ``minimum`` bounds numbers (and list items).
     """
 
     name: str
@@ -67,14 +86,24 @@ class Option:
     choices: Sequence[Any] | None = None
     quick: Any = None
     minimum: float | None = None
+    item: Any = str
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTION_KINDS:
+            raise TypeError(f"option {self.name!r}: kind must be one of {OPTION_KINDS}")
 
     def default_for(self, quick: bool) -> Any:
         return self.quick if quick and self.quick is not None else self.default
 
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
 
 @dataclass(frozen=True)
 class Settings:
-    """What every experiment gets, whatever its grid."""
+    """What every experiment gets, whatever its grid. Experiments that run no SciPy solve
+    ignore ``solve_timeout``."""
 
     quick: bool = False
     seed: int = 0
@@ -83,6 +112,32 @@ class Settings:
     progress: bool = True
     solve_timeout: float | None = None  # a safety net for experiments that run SciPy solves
     client: Any = None  # an existing dask.distributed Client (not stored)
+
+
+def check_settings(settings: Settings) -> Settings:
+    """``settings`` with ``solve_timeout`` as a float, or one clear error for a bad value
+    (before anything is written)."""
+    n = settings.n_jobs
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise BoxhackError(f"n_jobs (--jobs) must be a positive integer, got {n!r}")
+    seed = settings.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise BoxhackError(f"seed must be an integer >= 0, got {seed!r}")
+    timeout = settings.solve_timeout
+    if timeout is not None:
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise BoxhackError(
+                f"solve_timeout must be a number of seconds, got {timeout!r}") from None
+        if not (timeout > 0 and math.isfinite(timeout)):
+            raise BoxhackError(
+                f"solve_timeout must be a positive number of seconds, got {timeout!r}")
+    if settings.scheduler is not None:
+        check_scheduler_address(settings.scheduler)
+    return Settings(quick=bool(settings.quick), seed=seed, n_jobs=n,
+                    scheduler=settings.scheduler, progress=bool(settings.progress),
+                    solve_timeout=timeout, client=settings.client)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -95,6 +150,11 @@ class RunContext:
     def exp_dir(self, name: str) -> Path:
         return self.out_dir / name
 
+    @classmethod
+    def of(cls, out_dir: str | Path, models_root: str | Path | None = None) -> RunContext:
+        out = Path(out_dir)
+        return cls(out_dir=out, models_root=Path(models_root) if models_root else out / "models")
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -105,9 +165,10 @@ class Experiment:
     description: str
     configure: Callable[[Settings, Mapping[str, Any]], dict]
     plan: Callable[[dict, RunContext], tuple[dict, list[Job]]]
-    job: Callable[[dict], Mapping[str, Any]]
+    job: Callable[..., Mapping[str, Any]]
     summarise: Callable[[dict, list[dict], RunContext], dict]
     options: tuple[Option, ...] = field(default_factory=tuple)
+    job_in_run_dir: bool = False
 
     def option_names(self) -> list[str]:
         return [o.name for o in self.options]
@@ -123,6 +184,56 @@ class Experiment:
             )
         return dict(options)
 
+    def resolve_options(self, options: Mapping[str, Any], quick: bool) -> dict[str, Any]:
+        """Every option: the given ones (checked), the others at their (quick) default."""
+        given = self.check_options(options)
+        return {o.name: given[o.name] if o.name in given else o.default_for(quick)
+                for o in self.options}  # fmt: skip
+
+    def job_function(self, ctx: RunContext) -> Callable[[dict], Mapping[str, Any]]:
+        """What the campaign calls with each job's parameters (picklable)."""
+        if self.job_in_run_dir:
+            return functools.partial(self.job, run_dir=str(ctx.out_dir.resolve()))
+        return self.job
+
+
+def start_run(
+    experiment: Experiment,
+    out_dir: str | Path,
+    settings: Settings,
+    *,
+    models_root: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[dict, RunContext, Settings]:
+    """Check the settings and options, configure, and make sure ``out_dir`` is usable: every
+    user error is raised here, before anything is written. Returns ``(config, ctx, settings)``.
+    """
+    settings = check_settings(settings)
+    opts = experiment.resolve_options(options or {}, settings.quick)
+    config = experiment.configure(settings, opts)
+    ctx = RunContext.of(check_output_dir(out_dir), models_root)
+    return config, ctx, settings
+
+
+def run_jobs(experiment: Experiment, config: dict, ctx: RunContext, settings: Settings) -> dict:
+    """Plan, write ``config.json``, run the campaign and append the run's wall time to
+    ``timing.json``; returns the stored config. The caller holds the experiment directory's
+    lock (:func:`boxhack.infra.locks.exclusive`)."""
+    start = time.perf_counter()
+    exp_dir = ctx.exp_dir(experiment.name)
+    config, jobs = experiment.plan(config, ctx)
+    config = {**config, "keys": [job.key for job in jobs]}
+    atomic_write_json(exp_dir / CONFIG_FILE, config)
+    run_campaign(jobs, experiment.job_function(ctx), exp_dir / ROWS_FILE,
+                 n_jobs=settings.n_jobs, scheduler=settings.scheduler, client=settings.client,
+                 progress=settings.progress, desc=f"{experiment.name} ({len(jobs)} jobs)")  # fmt: skip
+    timing = load_timing(exp_dir)
+    timing["runs"].append({"wall_s": time.perf_counter() - start, "jobs": len(jobs),
+                           "n_jobs": settings.n_jobs, "scheduler": settings.scheduler,
+                           "time": time.strftime("%Y-%m-%d %H:%M:%S")})  # fmt: skip
+    atomic_write_json(exp_dir / TIMING_FILE, timing)
+    return config
+
 
 def run_experiment(
     experiment: Experiment,
@@ -135,32 +246,20 @@ def run_experiment(
     """Run ``experiment`` into ``out_dir/<name>/`` (resumable); return its summary data.
 
     The experiment directory is locked before anything is written: a second run on the same
-    directory is refused at once and leaves the first run's files untouched.
+    directory is refused at once and leaves the first run's files untouched. (Figures and
+    ``summary.json`` come from :func:`boxhack.workflow.run`, which adds the presentation.)
     """
-    start = time.perf_counter()
-    opts = experiment.check_options(options or {})
-    config = experiment.configure(settings, opts)
-    out = check_output_dir(out_dir)
-    ctx = RunContext(out_dir=out, models_root=Path(models_root) if models_root else out / "models")
-    exp_dir = ctx.exp_dir(experiment.name)
-    with exclusive(exp_dir, f"experiment {experiment.name!r} directory"):
-        config, jobs = experiment.plan(config, ctx)
-        config = {**config, "keys": [job.key for job in jobs]}
-        atomic_write_json(exp_dir / CONFIG_FILE, config)
-        run_campaign(jobs, experiment.job, exp_dir / ROWS_FILE, n_jobs=settings.n_jobs,
-                     scheduler=settings.scheduler, client=settings.client,
-                     progress=settings.progress, desc=experiment.name)  # fmt: skip
+    config, ctx, settings = start_run(experiment, out_dir, settings, models_root=models_root,
+                                      options=options)  # fmt: skip
+    with exclusive(ctx.exp_dir(experiment.name), f"experiment {experiment.name!r} directory"):
+        run_jobs(experiment, config, ctx, settings)
         config, rows = load_config_and_rows(experiment, ctx)
-        summary = experiment.summarise(config, rows, ctx)
-    summary.setdefault("timing", {})["elapsed_s"] = time.perf_counter() - start
-    return summary
+        return experiment.summarise(config, rows, ctx)
 
 
 def load_config_and_rows(experiment: Experiment, ctx: RunContext) -> tuple[dict, list[dict]]:
     """The stored configuration and the newest row of each of its jobs, in job order (rows of
     other configurations in the same file are left out)."""
-    import json
-
     exp_dir = ctx.exp_dir(experiment.name)
     path = exp_dir / CONFIG_FILE
     try:
@@ -176,3 +275,14 @@ def load_config_and_rows(experiment: Experiment, ctx: RunContext) -> tuple[dict,
         raise BoxhackError(f"{path} is not an experiment configuration (no job keys)")
     latest = latest_by_key(read_rows(exp_dir / ROWS_FILE))
     return config, [latest[k] for k in config["keys"] if k in latest]
+
+
+def load_timing(exp_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """``timing.json`` of an experiment directory: ``{"runs": [{"wall_s", "jobs", ...}]}``
+    (no runs when it is missing or unreadable: timings are never results)."""
+    try:
+        value = json.loads((Path(exp_dir) / TIMING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"runs": []}
+    runs = value.get("runs") if isinstance(value, dict) else None
+    return {"runs": [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []}

@@ -18,8 +18,13 @@ The figure is a plain ``matplotlib.figure.Figure`` (no pyplot, no window is ever
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure  # no pyplot: no global state, no window, ever
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from boxhack.errors import BoxhackError
 
@@ -82,6 +87,89 @@ def project_boxes(lo: np.ndarray, hi: np.ndarray, w: np.ndarray, mu: np.ndarray)
     return np.stack([pmin, pmax], axis=-1)
 
 
+def _checked_inputs(features, predicted, accepted, monitor, layer, before):
+    """``(x, pred, acc, x0, layer)`` as arrays of matching shapes, or one clear error."""
+    x, layer = _as_matrix(features, layer, monitor, "features")
+    pred = np.asarray(predicted).reshape(-1).astype(np.int64)
+    acc = np.asarray(accepted, dtype=bool).reshape(-1)
+    if not (len(pred) == len(acc) == len(x)):
+        raise BoxhackError(
+            f"features, predicted and accepted differ in length ({len(x)}, {len(pred)}, {len(acc)})"
+        )
+    x0 = None
+    if before is not None:
+        x0, _ = _as_matrix(before, layer, monitor, "before")
+        if x0.shape != x.shape:
+            raise BoxhackError(f"before has shape {x0.shape}, features {x.shape}")
+    if monitor is not None:
+        monitor._check_fitted()
+        layer = monitor._resolve_layer(layer)
+        if monitor.dims_[layer] != x.shape[1]:
+            raise BoxhackError(
+                f"features have {x.shape[1]} dimensions, layer {layer!r} of the monitor "
+                f"{monitor.dims_[layer]}"
+            )
+    return x, pred, acc, x0, layer
+
+
+def _checked_projection(x, x0, method, projection) -> tuple[np.ndarray, np.ndarray]:
+    if projection is None:
+        return projection_matrix(x if x0 is None else np.concatenate([x, x0]), method)
+    w, mu = (np.asarray(a, dtype=np.float64) for a in projection)
+    if w.shape != (2, x.shape[1]) or mu.shape != (x.shape[1],):
+        raise BoxhackError(
+            f"projection must be (W (2, {x.shape[1]}), mu ({x.shape[1]},)), got "
+            f"{w.shape} and {mu.shape}"
+        )
+    return w, mu
+
+
+def _color(c) -> Any:
+    return colormaps["tab10"](int(c) % 10)
+
+
+def _draw_boxes(ax, monitor, layer, shown, w, mu) -> None:
+    """The monitor's boxes of the ``shown`` classes (dotted: before widening by the
+    tolerance)."""
+    tol = float(monitor.tolerance)
+    for tight in ([False, True] if tol > 0 else [False]):
+        lo_all, hi_all = monitor.boxes(layer, tight=tight)
+        cls = monitor.box_class_[layer]
+        sel = np.isin(cls, shown)
+        for (rx, ry), c in zip(project_boxes(lo_all[sel], hi_all[sel], w, mu), cls[sel]):
+            ax.add_patch(Rectangle(
+                (rx[0], ry[0]), rx[1] - rx[0], ry[1] - ry[0], fill=False,
+                edgecolor=_color(c), linewidth=1.2, linestyle=":" if tight else "-",
+                alpha=0.6 if tight else 0.9,
+            ))  # fmt: skip
+
+
+def _draw_points(ax, p, p0, pred, acc) -> None:
+    """Arrows from the original points (grey circles) to the points, coloured by class:
+    accepted ``o``, rejected ``*``."""
+    if p0 is not None:
+        ax.quiver(p0[:, 0], p0[:, 1], p[:, 0] - p0[:, 0], p[:, 1] - p0[:, 1],
+                  angles="xy", scale_units="xy", scale=1, width=0.003, color="0.4", alpha=0.7)
+        ax.scatter(p0[:, 0], p0[:, 1], s=10, facecolors="none", edgecolors="0.5", linewidths=0.6)
+    for c in sorted(set(pred.tolist())):
+        for mask, marker, size in ((acc, "o", 18), (~acc, "*", 60)):
+            m = (pred == c) & mask
+            if m.any():
+                ax.scatter(p[m, 0], p[m, 1], s=size, marker=marker, color=_color(c),
+                           edgecolors="k" if marker == "*" else "none", linewidths=0.3)
+
+
+def _legend(ax, classes, class_names) -> None:
+    def name(c):
+        return class_names[c] if class_names is not None and c < len(class_names) else str(c)
+
+    handles = [Line2D([], [], marker="s", linestyle="", color=_color(c), label=f"class {name(c)}")
+               for c in classes]
+    handles += [Line2D([], [], marker="o", linestyle="", color="0.3", label="accepted"),
+                Line2D([], [], marker="*", linestyle="", color="0.3", markersize=10, label="rejected")]
+    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
+
+
 def plot_projection(
     features,
     predicted,
@@ -106,86 +194,19 @@ def plot_projection(
     ``projection``: a fixed ``(W (2, d), mu (d,))`` (e.g. from :func:`projection_matrix`) so
     several panels share one projection; it overrides ``method``'s fitting.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Rectangle
-
-    x, layer = _as_matrix(features, layer, monitor, "features")
-    pred = np.asarray(predicted).reshape(-1).astype(np.int64)
-    acc = np.asarray(accepted, dtype=bool).reshape(-1)
-    if not (len(pred) == len(acc) == len(x)):
-        raise BoxhackError(
-            f"features, predicted and accepted differ in length ({len(x)}, {len(pred)}, {len(acc)})"
-        )
-    x0 = None
-    if before is not None:
-        x0, _ = _as_matrix(before, layer, monitor, "before")
-        if x0.shape != x.shape:
-            raise BoxhackError(f"before has shape {x0.shape}, features {x.shape}")
-    if monitor is not None:
-        monitor._check_fitted()
-        layer = monitor._resolve_layer(layer)
-        if monitor.dims_[layer] != x.shape[1]:
-            raise BoxhackError(
-                f"features have {x.shape[1]} dimensions, layer {layer!r} of the monitor "
-                f"{monitor.dims_[layer]}"
-            )
-    if projection is not None:
-        w, mu = (np.asarray(a, dtype=np.float64) for a in projection)
-        if w.shape != (2, x.shape[1]) or mu.shape != (x.shape[1],):
-            raise BoxhackError(
-                f"projection must be (W (2, {x.shape[1]}), mu ({x.shape[1]},)), got "
-                f"{w.shape} and {mu.shape}"
-            )
-    else:
-        fit_on = x if x0 is None else np.concatenate([x, x0])
-        w, mu = projection_matrix(fit_on, method)
-    p = (x - mu) @ w.T
-
+    x, pred, acc, x0, layer = _checked_inputs(features, predicted, accepted, monitor, layer,
+                                              before)  # fmt: skip
+    w, mu = _checked_projection(x, x0, method, projection)
     if ax is None:
         fig = Figure(figsize=(6.0, 5.0))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-
-    def color(c):
-        return cmap(int(c) % 10)
-
-    def name(c):
-        return class_names[c] if class_names is not None and c < len(class_names) else str(c)
-
     shown = sorted(set(pred.tolist())) if classes is None else [int(c) for c in classes]
     if monitor is not None:
-        tol = float(monitor.tolerance)
-        for tight in ([False, True] if tol > 0 else [False]):
-            lo_all, hi_all = monitor.boxes(layer, tight=tight)
-            cls = monitor.box_class_[layer]
-            sel = np.isin(cls, shown)
-            for (rx, ry), c in zip(project_boxes(lo_all[sel], hi_all[sel], w, mu), cls[sel]):
-                ax.add_patch(Rectangle(
-                    (rx[0], ry[0]), rx[1] - rx[0], ry[1] - ry[0], fill=False,
-                    edgecolor=color(c), linewidth=1.2, linestyle=":" if tight else "-",
-                    alpha=0.6 if tight else 0.9,
-                ))  # fmt: skip
-    if x0 is not None:
-        p0 = (x0 - mu) @ w.T
-        ax.quiver(p0[:, 0], p0[:, 1], p[:, 0] - p0[:, 0], p[:, 1] - p0[:, 1],
-                  angles="xy", scale_units="xy", scale=1, width=0.003, color="0.4", alpha=0.7)
-        ax.scatter(p0[:, 0], p0[:, 1], s=10, facecolors="none", edgecolors="0.5", linewidths=0.6)
-    for c in sorted(set(pred.tolist())):
-        for mask, marker, size in ((acc, "o", 18), (~acc, "*", 60)):
-            m = (pred == c) & mask
-            if m.any():
-                ax.scatter(p[m, 0], p[m, 1], s=size, marker=marker, color=color(c),
-                           edgecolors="k" if marker == "*" else "none", linewidths=0.3)
-    handles = [Line2D([], [], marker="s", linestyle="", color=color(c), label=f"class {name(c)}")
-               for c in sorted(set(shown) | set(pred.tolist()))]
-    handles += [Line2D([], [], marker="o", linestyle="", color="0.3", label="accepted"),
-                Line2D([], [], marker="*", linestyle="", color="0.3", markersize=10, label="rejected")]
-    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8)
+        _draw_boxes(ax, monitor, layer, shown, w, mu)
+    _draw_points(ax, (x - mu) @ w.T, None if x0 is None else (x0 - mu) @ w.T, pred, acc)
+    _legend(ax, sorted(set(shown) | set(pred.tolist())), class_names)
     if isinstance(method, str):
         ax.set_xlabel(f"PC 1 of {layer or 'layer'}")
         ax.set_ylabel(f"PC 2 of {layer or 'layer'}")

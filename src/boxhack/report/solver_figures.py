@@ -1,9 +1,9 @@
 """Figures of the solver experiment (paper figures 5, 6 and 7), drawn from JSONL rows only.
 
-Every function takes already-loaded rows (dicts as ``boxhack.experiments.solvers.run_job``
-returns them) and writes one PNG with matplotlib's object API (no pyplot, no window). Inputs
-come from each row's exact attack record (``row["attacks"][0]``), layer features from the
-row's exactly stored ``feat0`` / ``feat``.
+Every function takes already-loaded row results (dicts as the solvers experiment's job
+returns them) and writes one PNG atomically with matplotlib's object API (no pyplot, no
+window). Inputs come from each row's exact attack record (``row["attacks"][0]``), layer
+features from the row's exactly stored ``feat0`` / ``feat``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+
+from boxhack.attacks.records import resolve_ref
+from boxhack.infra.arrays import decode_array, is_encoded_array
+from boxhack.monitor import BoxMonitor
+from boxhack.report.curves import save_png
+from boxhack.report.projection import plot_projection
 
 PROBLEMS = (("dos", "l1"), ("dos", "l2"), ("intrude", "l1"), ("intrude", "l2"))
 PROBLEM_LABELS = ("Attack 1\nL1", "Attack 1\nL2", "Attack 2\nL1", "Attack 2\nL2")
@@ -24,16 +31,13 @@ NETWORK_TITLES = {
 }
 
 
-def _figure(w: float, h: float):
-    from matplotlib.figure import Figure
-
+def _figure(w: float, h: float) -> Figure:
     return Figure(figsize=(w, h), layout="constrained")
 
 
 def _save(fig, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
     return path
 
 
@@ -72,8 +76,6 @@ def plot_success_bars(counts, config: dict, path) -> Path:
 
 def _array(value) -> np.ndarray:
     """A stored array: exact (``encode_array``) or a plain list (older rows)."""
-    from boxhack.infra.arrays import decode_array, is_encoded_array
-
     if is_encoded_array(value):
         return decode_array(value)
     return np.asarray(value, dtype=np.float64)
@@ -163,9 +165,6 @@ def plot_solver_gallery(rows: list[dict], path) -> Path | None:
 
 def _monitor_of(row: dict, run_dir):
     """The monitor a row's attack was checked against (its record's file), or None."""
-    from boxhack.attacks.records import resolve_ref
-    from boxhack.monitor import BoxMonitor
-
     try:
         return BoxMonitor.load(resolve_ref(row["attacks"][0]["monitor"], run_dir))
     except Exception:  # noqa: BLE001 - draw without boxes if the file is gone
@@ -177,8 +176,6 @@ def plot_projections(rows: list[dict], config: dict, path, *, run_dir=None, solv
     """Figure 7: per network, the monitored layer projected to 2-D with the boxes, and the
     successful attacks of ``solver``/``norm`` as arrows before -> after (Attack 1 top row,
     Attack 2 bottom row). ``run_dir``: where the rows' monitor references are relative to."""
-    from boxhack.report.projection import plot_projection
-
     nets = [n for n in config["networks"]
             if any(r["network"] == n and r["solver"] == solver for r in rows)]  # fmt: skip
     if not nets:

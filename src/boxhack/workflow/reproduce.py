@@ -1,17 +1,18 @@
-"""``boxhack reproduce``: every experiment of the paper, end to end, into one report.
+"""``boxhack reproduce``: every experiment of the paper, end to end, into one report; and
+``boxhack report``: the report rebuilt from the rows.
 
-:func:`reproduce` runs the registered experiments in order (:mod:`boxhack.experiments.registry`:
-``novelty``, ``solvers``, ``adversarial``, ``combined``, ``gradient``; each follows the experiment
-contract: ``NAME``, ``TITLE``, ``run(out_dir, ...)``, ``summarise(out_dir)``) into one run
-directory, sharing the trained networks and fitted monitors under ``out_dir/models``. Then it
-renders ``out_dir/report.html`` (:func:`boxhack.report.html.render_report`).
+:func:`reproduce` runs the registered experiments in order (:mod:`boxhack.workflow.registry`:
+``novelty``, ``solvers``, ``adversarial``, ``combined``, ``gradient``) with
+:func:`boxhack.workflow.runner.run` into one run directory, sharing the trained networks and
+fitted monitors under ``out_dir/models``. Then it renders ``out_dir/report.html``
+(:func:`boxhack.report.html.render_report`).
 
 - The run directory is locked (:func:`boxhack.infra.locks.exclusive`) before anything is written
   into it and for the whole run: a second ``reproduce`` (or ``report``) on the same directory is
-  refused at once and changes nothing. Each experiment's ``run()`` locks its own sub-directory;
-  the campaigns lock their ``rows.jsonl``: three different lock files, so they never conflict.
-- Only registered experiments run, imported from the registry; nothing named by data is ever
-  imported. A registered module that cannot be imported is that experiment's error.
+  refused at once and changes nothing. Each experiment's run locks its own sub-directory; the
+  campaigns lock their ``rows.jsonl``: three different lock files, so they never conflict.
+- Only registered experiments run; nothing named by data is ever imported. A registered module
+  that cannot be imported is that experiment's error.
 - An experiment that raises does not lose the others: its error and traceback go into
   ``run.json`` and the report, the next experiment runs, and ``reproduce`` returns normally;
   :func:`failed_experiments` (the CLI's exit code) tells afterwards.
@@ -30,37 +31,40 @@ report again (``boxhack report RUN_DIR``).
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import platform
 import socket
 import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from boxhack.errors import BoxhackError
-from boxhack.experiments import registry
+from boxhack.experiments.spec import ROWS_FILE, Settings, check_settings
+from boxhack.infra.campaign import _default_n_jobs as default_n_jobs
+from boxhack.infra.files import atomic_write_json, check_output_dir
+from boxhack.infra.locks import exclusive
+from boxhack.infra.procs import sigterm_raises
+from boxhack.report import html
+from boxhack.report.browser import check_report as check_page
+from boxhack.workflow import registry, runner
 
 __all__ = [
     "RUN_FORMAT",
+    "check_report",
     "comparable",
     "failed_experiments",
     "rebuild_report",
+    "render_report",
     "reproduce",
     "resolve_only",
+    "unknown_experiments",
     "versions",
 ]
 
-# Titles shown for an experiment whose module could not say its own TITLE (it failed to import).
-_TITLES = {
-    "novelty": "The networks and the monitor's novelty detection (Outside the Box)",
-    "solvers": "Optimisation solvers, images and projections (paper figures 5-7)",
-    "adversarial": "Adversarial samples against classifier and monitor (paper figure 8)",
-    "combined": "The combined attack: FGSM, then a repair so the monitor accepts (paper figure 9)",
-    "gradient": "Monitor-aware gradient attacks (beyond the paper)",
-}
 RUN_FORMAT = "boxhack-run"
 RUN_FORMAT_VERSION = 2  # 2: clocks moved under "timing"
 _PACKAGES = ("boxhack", "torch", "numpy", "scipy", "scikit-learn", "matplotlib", "foolbox",
@@ -92,8 +96,6 @@ def resolve_only(
 
 def versions() -> dict[str, str]:
     """Installed versions of boxhack, Python and the libraries the experiments use."""
-    from importlib import metadata
-
     out = {"python": platform.python_version()}
     for pkg in _PACKAGES:
         try:
@@ -104,14 +106,12 @@ def versions() -> dict[str, str]:
 
 
 def _machine(n_jobs: int | None, scheduler: str | None) -> dict[str, Any]:
-    from boxhack.infra.campaign import _default_n_jobs
-
     return {
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "processor": platform.machine(),
-        "usable cores": _default_n_jobs(),
-        "workers": scheduler if scheduler else (n_jobs or _default_n_jobs()),
+        "usable cores": default_n_jobs(),
+        "workers": scheduler if scheduler else (n_jobs or default_n_jobs()),
     }
 
 
@@ -120,8 +120,6 @@ def _now() -> str:
 
 
 def _write_run(path: Path, run: Mapping[str, Any]) -> None:
-    from boxhack.infra.files import atomic_write_json
-
     atomic_write_json(path, run, indent=2)
 
 
@@ -139,17 +137,41 @@ def _timing(started: str | None = None) -> dict[str, Any]:
     return {"started": started or _now(), "finished": None, "wall_s": None}
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    """Whether ``fn`` has a parameter literally called ``name`` (not merely ``**options``)."""
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _log(progress: bool, message: str) -> None:
     if progress:
         print(f"boxhack reproduce: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def render_report(
+    run_dir: str | Path, out: str | Path | None = None, *, errors: Mapping[str, str] | None = None
+) -> Path:
+    """:func:`boxhack.report.html.render_report` of the registered experiments."""
+    return html.render_report(run_dir, out, registered=registry.names(), errors=errors)
+
+
+def unknown_experiments(run_dir: str | Path) -> list[str]:
+    """Names in ``run_dir`` that look like experiments but are not registered (ignored)."""
+    return html.find_experiments(run_dir, registry.names())[1]
+
+
+def check_report(
+    report: str | Path, png: str | Path | None = None, *, browser: bool = True,
+    width: int = 1400,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`boxhack.report.browser.check_report`, expecting as many figures as the run's
+    summaries list when the report sits in its run directory."""
+    report = Path(report)
+    run_dir = report.parent
+    expected = None
+    if any((p / html.SUMMARY_FILE).is_file() for p in run_dir.iterdir() if p.is_dir()):
+        expected = html.expected_figures(run_dir, registry.names())
+    return check_page(report, png, width=width, browser=browser, expected_figures=expected)
+
+
+# ------------------------------------------------------------------------------ reproduce
 
 
 def reproduce(
@@ -171,13 +193,13 @@ def reproduce(
         quick: small grids that finish in minutes (``--quick``); the full grids otherwise.
         n_jobs: local worker processes per campaign (default: all usable cores).
         scheduler: a Dask scheduler address (``tcp://host:8786``) to run the grids on.
-        solve_timeout: per-solve wall-clock safety net in seconds for the experiments whose
-            ``run()`` takes ``solve_timeout`` (solvers, combined); results come from
+        solve_timeout: per-solve wall-clock safety net in seconds for the experiments that run
+            SciPy solves (solvers, combined; the others ignore it); results come from
             evaluation budgets; ``None`` keeps their defaults.
         seed: the seed every experiment gets (networks, monitors, sample draws).
         progress: progress bars with ETA and a line per experiment on stderr.
         only: run only these experiments (names, or a comma-separated string).
-        options: extra keyword arguments per experiment name, e.g.
+        options: each experiment's own options by name (its ``EXPERIMENT.options``), e.g.
             ``{"novelty": {"networks": ["mnist0-4"]}}``.
 
     Returns:
@@ -188,63 +210,57 @@ def reproduce(
         BoxhackError: a bad argument, an unusable ``out_dir`` (a file, read-only), or
             ``out_dir`` in use by another run; in each case before anything is written.
     """
-    from boxhack.infra.files import check_output_dir
-    from boxhack.infra.locks import exclusive
-    from boxhack.infra.procs import sigterm_raises
-
     names = list(registry.names())
     selected = set(resolve_only(only, names))
-    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int)
-                               or n_jobs < 1):
-        raise BoxhackError(f"n_jobs (--jobs) must be a positive integer, got {n_jobs!r}")
-    if solve_timeout is not None:
-        try:
-            solve_timeout = float(solve_timeout)
-        except (TypeError, ValueError):
-            raise BoxhackError(
-                f"solve_timeout must be a number of seconds, got {solve_timeout!r}") from None
-        if not solve_timeout > 0 or solve_timeout == float("inf"):
-            raise BoxhackError(
-                f"solve_timeout must be a positive number of seconds, got {solve_timeout!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise BoxhackError(f"seed must be an integer >= 0, got {seed!r}")
+    settings = check_settings(Settings(quick=quick, seed=seed, n_jobs=n_jobs,
+                                       scheduler=scheduler, progress=progress,
+                                       solve_timeout=solve_timeout))  # fmt: skip
     options = {k: dict(v) for k, v in (options or {}).items()}
     unknown = sorted(set(options) - set(names))
     if unknown:
         raise BoxhackError(f"options for unknown experiment(s) {unknown}; known: {names}")
-    if scheduler is not None:
-        from boxhack.infra.campaign import check_scheduler_address
-
-        check_scheduler_address(scheduler)
-
     out_dir = check_output_dir(out_dir, "--out")
     with exclusive(out_dir, "run directory"), sigterm_raises():
-        return _reproduce_locked(
-            out_dir, names=names, selected=selected, quick=quick, n_jobs=n_jobs,
-            scheduler=scheduler, solve_timeout=solve_timeout, seed=seed, progress=progress,
-            only=only, options=options)
+        session = _open_run(out_dir, names, selected, settings, only, options)
+        todo = [n for n in names if n in selected]
+        for i, name in enumerate(todo, 1):
+            _run_one(session, name, f"[{i}/{len(todo)}]", settings, options.get(name, {}))
+        session.finish()
+        report = render_report(out_dir)
+        _log(progress, f"report: {report}")
+        return report
 
 
-def _reproduce_locked(
-    out_dir: Path,
-    *,
-    names: list[str],
-    selected: set[str],
-    quick: bool,
-    n_jobs: int | None,
-    scheduler: str | None,
-    solve_timeout: float | None,
-    seed: int,
-    progress: bool,
-    only: Any,
-    options: dict[str, dict[str, Any]],
-) -> Path:
-    """:func:`reproduce` once the run directory is locked."""
-    from boxhack.report.html import load_run, render_report
+@dataclass
+class _Session:
+    """One ``reproduce`` invocation: the run record it keeps writing, its own entry in it."""
 
-    models_root = out_dir / "models"
-    run_path = out_dir / "run.json"
-    previous = load_run(out_dir)
+    out_dir: Path
+    run: dict[str, Any]
+    invocation: dict[str, Any]
+    t0: float
+
+    def write(self) -> None:
+        _write_run(self.out_dir / html.RUN_FILE, self.run)
+
+    def record(self, name: str, record: dict[str, Any]) -> None:
+        """Store ``record`` as experiment ``name``'s outcome in ``run.json``."""
+        self.run["experiments"][name] = record
+        self.invocation["experiments"].append(name)
+        self.write()
+
+    def finish(self) -> None:
+        finished, wall = _now(), time.perf_counter() - self.t0
+        for timing in (self.run[TIMING], self.invocation[TIMING]):
+            timing.update(finished=finished, wall_s=wall)
+        self.write()
+
+
+def _open_run(out_dir: Path, names: list[str], selected: set[str], settings: Settings,
+              only: Any, options: dict[str, dict[str, Any]]) -> _Session:  # fmt: skip
+    """The run record (``run.json``) with this invocation added, written. Experiments an
+    earlier run left "running" are marked interrupted."""
+    previous = html.load_run(out_dir)
     if previous and previous.get("format_version") != RUN_FORMAT_VERSION:
         previous = _upgrade(previous)
     records: dict[str, Any] = {
@@ -254,108 +270,83 @@ def _reproduce_locked(
             records[name] = {**record, "status": "interrupted", "error": (
                 "an earlier run stopped while this experiment was running (killed?); run "
                 "reproduce again to resume it")}
-    invocations: list[Any] = list(previous.get("invocations") or [])
     config = {
         "out": str(out_dir),
-        "quick": bool(quick),
-        "n_jobs": n_jobs,
-        "scheduler": scheduler,
-        "solve_timeout": solve_timeout,
-        "seed": seed,
+        "quick": settings.quick,
+        "n_jobs": settings.n_jobs,
+        "scheduler": settings.scheduler,
+        "solve_timeout": settings.solve_timeout,
+        "seed": settings.seed,
         "only": sorted(selected, key=names.index) if only is not None else None,
         "options": options or None,
-        "models_root": str(models_root),
+        "models_root": str(out_dir / "models"),
         "command": " ".join(sys.argv) if sys.argv and sys.argv[0] else None,
     }
-    t0 = time.perf_counter()
-    timing = _timing()
+    t0, timing = time.perf_counter(), _timing()
     invocation = {"config": config, "experiments": [], TIMING: dict(timing)}
-    invocations.append(invocation)
+    invocations = [*(previous.get("invocations") or []), invocation]
     run: dict[str, Any] = {
         "format": RUN_FORMAT,
         "format_version": RUN_FORMAT_VERSION,
         "name": out_dir.resolve().name,
         "config": config,
-        "seeds": {
-            "seed (networks, monitors, sample draws)": seed,
-            "data split seed": 0,
-        },
+        "seeds": {"seed (networks, monitors, sample draws)": settings.seed,
+                  "data split seed": 0},
         "versions": versions(),
-        MACHINE: _machine(n_jobs, scheduler),
+        MACHINE: _machine(settings.n_jobs, settings.scheduler),
         "order": names,
         "experiments": records,
         "invocations": invocations,
         TIMING: timing,
-    }
-    _write_run(run_path, run)
+    }  # fmt: skip
+    session = _Session(out_dir=out_dir, run=run, invocation=invocation, t0=t0)
+    session.write()
+    return session
 
-    todo = [n for n in names if n in selected]
-    for i, name in enumerate(todo, 1):
-        module_path = registry.EXPERIMENTS[name]
-        record: dict[str, Any] = {"module": module_path, "title": _TITLES.get(name, name),
-                                  TIMING: _timing()}
-        try:
-            module = registry.experiment_module(name)
-        except BoxhackError as exc:
-            cause = exc.__cause__ or exc
-            record.update(status="error", error=str(exc), traceback="".join(
-                traceback.format_exception(type(cause), cause, cause.__traceback__)))
-            _end(record)
-            records[name] = record
-            invocation["experiments"].append(name)
-            _log(progress, f"[{i}/{len(todo)}] {name}: FAILED ({exc})")
-            _write_run(run_path, run)
-            continue
-        record["title"] = getattr(module, "TITLE", name)
-        if getattr(module, "NAME", None) != name or not callable(getattr(module, "run", None)):
-            record.update(status="error", error=(
-                f"{module_path} does not follow the experiment contract: it needs NAME = "
-                f"{name!r} (its sub-directory), run(out_dir, ...) and summarise(out_dir)"))
-            _end(record)
-            records[name] = record
-            invocation["experiments"].append(name)
-            _log(progress, f"[{i}/{len(todo)}] {name}: FAILED ({record['error']})")
-            _write_run(run_path, run)
-            continue
-        kwargs: dict[str, Any] = {"quick": quick, "n_jobs": n_jobs, "scheduler": scheduler,
-                                  "seed": seed, "progress": progress, "models_root": models_root}
-        if solve_timeout is not None and _accepts(module.run, "solve_timeout"):
-            kwargs["solve_timeout"] = solve_timeout
-            record["solve_timeout"] = solve_timeout
-        kwargs.update(options.get(name, {}))
-        _log(progress, f"[{i}/{len(todo)}] {name}: {record['title']}")
-        start = time.perf_counter()
-        records[name] = {**record, "status": "running"}
-        _write_run(run_path, run)
-        try:
-            module.run(out_dir, **kwargs)
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (boxhack.infra.procs.Terminated)
-            how = str(exc) or "interrupted (Ctrl-C)"
-            record.update(status="interrupted",
-                          error=f"{how}; run the same command again to resume")
-            _end(record, start)
-            records[name] = record
-            invocation["experiments"].append(name)
-            _finish(run, invocation, run_path, t0)
-            render_report(out_dir)
-            raise
-        except Exception as exc:  # noqa: BLE001 - the other experiments must still run
-            record.update(status="error", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc())
-            _log(progress, f"[{i}/{len(todo)}] {name}: FAILED ({type(exc).__name__}: {exc})")
-        else:
-            record.update(status="ok")
+
+def _run_one(session: _Session, name: str, step: str, settings: Settings,
+             options: dict[str, Any]) -> None:  # fmt: skip
+    """Run one experiment, recording its outcome; only Ctrl-C / SIGTERM is raised (after the
+    record and the report are written)."""
+    progress = settings.progress
+    record: dict[str, Any] = {"module": registry.EXPERIMENTS[name].experiment, "title": name,
+                              TIMING: _timing()}  # fmt: skip
+    start = time.perf_counter()
+    try:
+        record["title"] = registry.load(name).title
+    except BoxhackError as exc:
+        cause = exc.__cause__ or exc
+        record.update(status="error", error=str(exc), traceback="".join(
+            traceback.format_exception(type(cause), cause, cause.__traceback__)))
+        _end(record)
+        session.record(name, record)
+        _log(progress, f"{step} {name}: FAILED ({exc})")
+        return
+    _log(progress, f"{step} {name}: {record['title']}")
+    session.run["experiments"][name] = {**record, "status": "running"}
+    session.write()
+    out_dir = session.out_dir
+    try:
+        runner.run(name, out_dir, settings, options, models_root=out_dir / "models")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (boxhack.infra.procs.Terminated)
+        how = str(exc) or "interrupted (Ctrl-C)"
+        record.update(status="interrupted", error=f"{how}; run the same command again to resume")
         _end(record, start)
-        if record["status"] == "ok":
-            _log(progress, f"[{i}/{len(todo)}] {name}: done in {record[TIMING]['wall_s']:.1f} s")
-        records[name] = record
-        invocation["experiments"].append(name)
-        _write_run(run_path, run)
-        render_report(out_dir)  # a report to look at while the next experiment runs
-    _finish(run, invocation, run_path, t0)
-    report = render_report(out_dir)
-    _log(progress, f"report: {report}")
-    return report
+        session.record(name, record)
+        session.finish()
+        render_report(out_dir)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the other experiments must still run
+        record.update(status="error", error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc())
+        _log(progress, f"{step} {name}: FAILED ({type(exc).__name__}: {exc})")
+    else:
+        record.update(status="ok")
+    _end(record, start)
+    if record["status"] == "ok":
+        _log(progress, f"{step} {name}: done in {record[TIMING]['wall_s']:.1f} s")
+    session.record(name, record)
+    render_report(out_dir)  # a report to look at while the next experiment runs
 
 
 def _end(record: dict[str, Any], start: float | None = None) -> None:
@@ -363,13 +354,6 @@ def _end(record: dict[str, Any], start: float | None = None) -> None:
     timing = record.setdefault(TIMING, _timing())
     timing["finished"] = _now()
     timing["wall_s"] = 0.0 if start is None else time.perf_counter() - start
-
-
-def _finish(run: dict[str, Any], invocation: dict[str, Any], path: Path, t0: float) -> None:
-    finished, wall = _now(), time.perf_counter() - t0
-    for timing in (run[TIMING], invocation[TIMING]):
-        timing.update(finished=finished, wall_s=wall)
-    _write_run(path, run)
 
 
 def _upgrade(run: dict[str, Any]) -> dict[str, Any]:
@@ -394,9 +378,7 @@ def _upgrade(run: dict[str, Any]) -> dict[str, Any]:
 
 def failed_experiments(out_dir: str | Path) -> dict[str, str]:
     """``{name: error}`` for the registered experiments whose latest run failed (``run.json``)."""
-    from boxhack.report.html import load_run
-
-    records = load_run(out_dir).get("experiments") or {}
+    records = html.load_run(out_dir).get("experiments") or {}
     return {
         name: str(r.get("error") or r.get("status"))
         for name, r in records.items()
@@ -405,13 +387,16 @@ def failed_experiments(out_dir: str | Path) -> dict[str, str]:
     }
 
 
+# ------------------------------------------------------------------------------ report
+
+
 def rebuild_report(
     run_dir: str | Path, *, out: str | Path | None = None
 ) -> tuple[Path, dict[str, str]]:
     """Re-compute every experiment's summary from its JSONL rows, then render the report.
 
-    For each *registered* experiment whose sub-directory holds ``rows.jsonl``, calls the
-    registry's module's ``summarise(run_dir)``, which rewrites ``summary.json`` and the
+    For each *registered* experiment whose sub-directory holds ``rows.jsonl``, calls
+    :func:`boxhack.workflow.runner.summarise`, which rewrites ``summary.json`` and the
     figures. Nothing found in the directory is imported: a sub-directory whose name is not a
     registered experiment, and any ``"module"`` a ``run.json`` records, are only reported
     ("unknown experiment directory X: ignored"). A summarise that fails is reported (in the
@@ -422,10 +407,6 @@ def rebuild_report(
     Returns:
         ``(report path, {experiment: error})``.
     """
-    from boxhack.infra.files import check_output_dir
-    from boxhack.infra.locks import exclusive
-    from boxhack.report.html import ROWS_FILE, check_report_out, find_experiments, render_report
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BoxhackError(f"run directory {run_dir} does not exist")
@@ -435,9 +416,9 @@ def rebuild_report(
         raise BoxhackError(
             f"{exc}; re-summarising rewrites RUN_DIR's summaries: to only render the report, "
             f"add --no-summarise --out FILE (FILE in a writable place)") from None
-    out = check_report_out(out)
+    out = html.check_report_out(out)
     with exclusive(run_dir, "run directory"):
-        known, _unknown = find_experiments(run_dir)
+        known, _unknown = html.find_experiments(run_dir, registry.names())
         names = [n for n in known if (run_dir / n / ROWS_FILE).is_file()]
         if not names:
             raise BoxhackError(
@@ -447,9 +428,7 @@ def rebuild_report(
         errors: dict[str, str] = {}
         for name in names:
             try:
-                module = registry.experiment_module(name)
-                with exclusive(run_dir / name, f"experiment directory ({name})"):
-                    module.summarise(run_dir)
+                runner.summarise(name, run_dir)
             except Exception as exc:  # noqa: BLE001 - one experiment's failure is shown, not fatal
                 errors[name] = f"{type(exc).__name__}: {exc}"
         return render_report(run_dir, out, errors=errors), errors

@@ -1,0 +1,196 @@
+"""``boxhack experiment NAME``: one sub-command per registered experiment, generated from the
+registry (:mod:`boxhack.workflow.registry`): the help from each ``EXPERIMENT``'s title and
+description, the flags from its ``options`` (``--name-with-dashes``; lists comma-separated;
+booleans as ``--flag`` / ``--no-flag``; JSON values as text), plus the flags every experiment
+shares (:func:`add_campaign_flags`). A thin layer over :func:`boxhack.workflow.run`.
+
+A registered experiment whose module cannot be loaded still gets its sub-command: running it
+says why, in one line (exit 2); it never disappears from the CLI quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from boxhack.cli.common import nonneg_int, positive_float, positive_int, print_table
+from boxhack.errors import BoxhackError
+from boxhack.experiments.spec import Experiment, Option, Settings
+from boxhack.workflow import registry, run
+
+__all__ = ["add_campaign_flags", "option_values", "register", "settings_from"]
+
+
+def add_campaign_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every campaign command shares (``experiment NAME`` and ``reproduce``):
+    ``--jobs``, ``--scheduler``, ``--seed``, ``--solve-timeout``, ``-q/--quiet`` (with
+    ``--no-progress`` as a hidden alias). A candidate for :mod:`boxhack.cli.common`."""
+    parser.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                        help="local worker processes (default: all usable cores)")
+    parser.add_argument("--scheduler", default=None, metavar="URL",
+                        help="run the grid on a Dask cluster, e.g. tcp://HOST:8786 (workers "
+                             "must see the run directory, e.g. on a shared file system)")
+    parser.add_argument("--seed", type=nonneg_int, default=0,
+                        help="seed for networks, monitors and sample draws (default 0)")
+    parser.add_argument("--solve-timeout", type=positive_float, default=None, metavar="S",
+                        help="safety net: kill a SciPy solve still running S seconds after it "
+                             "started (solvers, combined; results come from evaluation budgets, "
+                             "not from this; experiments without SciPy solves ignore it)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", dest="quiet", action="store_true",
+                        help=argparse.SUPPRESS)
+
+
+def settings_from(args: argparse.Namespace, quick: bool) -> Settings:
+    return Settings(quick=quick, seed=args.seed, n_jobs=args.jobs, scheduler=args.scheduler,
+                    progress=not args.quiet, solve_timeout=args.solve_timeout)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ option flags
+
+
+def _number(kind: type, minimum: float | None) -> Callable[[str], Any]:
+    what = "an integer" if kind is int else "a number"
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {text}")
+        return value
+
+    return convert
+
+
+def _item_type(option: Option) -> Callable[[str], Any]:
+    kind = option.item if option.kind == "list" else option.kind
+    if kind in (int, float):
+        return _number(kind, option.minimum)
+    return str
+
+
+def _list(option: Option) -> Callable[[str], list]:
+    convert = _item_type(option)
+
+    def parse(text: str) -> list:
+        items = [convert(t.strip()) for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("give one or more comma-separated values")
+        if option.choices is not None:
+            bad = [i for i in items if i not in option.choices]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {', '.join(map(str, bad))}; choose from "
+                    f"{', '.join(map(str, option.choices))}")
+        return items
+
+    return parse
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "auto" if value is None else str(value)
+
+
+def _help(option: Option) -> str:
+    default = f"default {_shown(option.default)}"
+    if option.quick is not None and option.quick != option.default:
+        default += f"; --quick: {_shown(option.quick)}"
+    return f"{option.help} ({default})"
+
+
+def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    """``option`` as a flag whose absence means "the experiment's (quick) default"."""
+    common: dict[str, Any] = {"dest": f"opt_{option.name}", "default": None,
+                              "help": _help(option)}  # fmt: skip
+    if option.kind is bool:
+        parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, **common)
+    elif option.kind == "list":
+        parser.add_argument(option.flag, type=_list(option), metavar="A,B,...", **common)
+    elif option.kind == "json":
+        parser.add_argument(option.flag, type=_json, metavar="JSON", **common)
+    else:
+        parser.add_argument(option.flag, type=_item_type(option), choices=option.choices,
+                            metavar=option.name.upper(), **common)  # fmt: skip
+
+
+def option_values(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line (the others keep the experiment's defaults)."""
+    values = {o.name: getattr(args, f"opt_{o.name}") for o in experiment.options}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "experiment", help="run one of the paper's experiments",
+        description="Run one experiment of the paper as a resumable campaign (JSONL rows, "
+                    "summary, figures) into OUT/<experiment>/. The experiments: "
+                    + ", ".join(registry.names()) + ".",
+    )  # fmt: skip
+    group = p.add_subparsers(dest="experiment_command", metavar="EXPERIMENT")
+    group.required = True
+    for name in registry.names():
+        try:
+            experiment = registry.declaration(name)
+        except BoxhackError as exc:
+            _register_broken(group, name, exc)
+            continue
+        _register_one(group, experiment)
+
+
+def _register_one(group, experiment: Experiment) -> None:
+    p = group.add_parser(experiment.name, help=experiment.title,
+                         description=f"{experiment.title}. {experiment.description}")
+    p.add_argument("--out", required=True, help="run directory, e.g. runs/paper")
+    p.add_argument("--quick", action="store_true",
+                   help="the small grid (each option's --quick default below)")
+    p.add_argument("--models-root", default=None,
+                   help="where networks and monitors are cached (default OUT/models)")
+    add_campaign_flags(p)
+    for option in experiment.options:
+        _add_option(p, option)
+    p.set_defaults(handler=lambda args: _run(experiment, args))
+
+
+def _register_broken(group, name: str, error: BoxhackError) -> None:
+    """A sub-command for an experiment that cannot be loaded: it says why when run."""
+    # no option prefix: every argument given (``--n 3`` too) is taken, none is refused
+    p = group.add_parser(name, help=f"(cannot be loaded: {error})", add_help=False,
+                         prefix_chars="\0")
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+
+    def fail(args: argparse.Namespace) -> int:
+        raise error
+
+    p.set_defaults(handler=fail)
+
+
+def _run(experiment: Experiment, args: argparse.Namespace) -> int:
+    summary = run(experiment.name, args.out, settings_from(args, args.quick),
+                  option_values(experiment, args), models_root=args.models_root)  # fmt: skip
+    for table in summary.get("tables") or []:
+        print(table["title"])
+        print_table([dict(zip(table["columns"], row, strict=False)) for row in table["rows"]])
+        print()
+    for claim in summary.get("paper") or []:
+        print(f"paper: {claim['claim']}\nboxhack: {claim['measured']}")
+    print(f"summary: {args.out}/{experiment.name}/summary.json")
+    return 0

@@ -399,7 +399,7 @@ def test_a_malformed_scheduler_address_is_refused_before_anything_is_written(
     assert not out.parent.exists()  # said at once: no connection attempt, no file
 
 
-@pytest.mark.parametrize("experiment", ["solvers", "adversarial", "combined", "gradient"])
+@pytest.mark.parametrize("experiment", ["novelty", "solvers", "adversarial", "combined", "gradient"])
 def test_experiment_commands_refuse_a_malformed_scheduler_in_one_line(
     tmp_path: Path, capsys, experiment: str
 ) -> None:

@@ -620,6 +620,7 @@ def _facts(config: dict, grid: list[dict], fig6_rows: list[dict]) -> dict[str, A
         "indicator": _indicator_facts(grid, toys),
         "global_medians": medians,
         "fig6": {"rows": len(fig6_rows), "attacked": len(attacked),
+                 "paper_network": FIG6_NETWORK,
                  "l2": [r["l2"] for r in attacked if r["success"]]},
         "time": {"solves": len(grid), "solve_s": sum(float(r.get("solve_s", 0.0)) for r in grid),
                  "shgo_median_s": _median([r["solve_s"] for r in grid if r["solver"] == "shgo"])},
@@ -629,8 +630,9 @@ def _facts(config: dict, grid: list[dict], fig6_rows: list[dict]) -> dict[str, A
 def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
     """Tables and numbers from the rows (and config.json): ``tables``; ``cells`` (per network,
     problem, solver and encoding: successes, attacked, not attacked); ``solves`` (rows that
-    ran); ``timeouts`` (solves stopped by their safety net); ``few_samples``; ``facts`` (the
-    numbers behind the paper comparison)."""
+    ran); ``timeouts`` (solves stopped by their safety net); ``few_samples``; ``toys`` (the
+    grid's toy circuits; the other networks are MNIST); ``facts`` (the numbers behind the
+    paper comparison)."""
     ok_rows = [r["result"] for r in rows if r.get("status") == "ok" and r.get("result")]
     err_rows = [r for r in rows if r.get("status") != "ok"]
     grid = [r for r in ok_rows if r.get("part") == "grid"]
@@ -647,6 +649,7 @@ def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
         "timeouts": [{k: r[k] for k in ("network", "goal", "norm", "solver", "encoding",
                                          "sample", "nfev", "safety_net_s")} for r in timeouts],
         "few_samples": few_samples(config),
+        "toys": [n for n in config["networks"] if n in TOYS],
         "facts": _facts(config, grid, fig6_rows),
     }  # fmt: skip
 

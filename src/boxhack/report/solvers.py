@@ -20,8 +20,6 @@ from boxhack.report.present import Figure, Presenter
 __all__ = ["PRESENTER", "compare_rates", "describe", "draw", "paper_comparison"]
 
 PROBLEMS = figs.PROBLEMS
-TOYS = ("xor", "tanh")
-FIG6_NETWORK = "mnist10"  # the paper's figure-6 network
 FIGURES = ("fig5_success_rates.png", "fig6_digits.png", "solver_gallery.png",
            "fig7_projections.png")
 
@@ -67,7 +65,7 @@ def draw(config: dict, rows: list[dict], summary: dict, exp_dir: Path) -> list[F
         figures.append({"path": path.name, "caption": f"MNIST digits before (top) and after "
                         f"(bottom) an {attack} on the {_title(f6['network'])} network "
                         f"({f6['network']}; figure 6)."})  # fmt: skip
-    gallery = [r for r in grid if r["network"] not in TOYS]
+    gallery = [r for r in grid if r["network"] not in summary["toys"]]
     if gallery and figs.plot_solver_gallery(gallery, exp_dir / FIGURES[2]) is not None:
         figures.append({"path": FIGURES[2], "caption": "One MNIST starting point per attack "
                         "and each solver's result on it (margin encoding, L2)."})
@@ -147,13 +145,12 @@ def _claim_local(counts: Counts, config: dict, facts: dict, mnist, local) -> dic
     }  # fmt: skip
 
 
-def _claim_indicator(counts: Counts, config: dict, facts: dict) -> dict:
+def _claim_indicator(counts: Counts, config: dict, facts: dict, toys: list[str]) -> dict:
     nets = config["networks"]
     ind_nets = ", ".join(f"{n} {_pct(_rate(counts, [n], PROBLEMS, 'slsqp', 'indicator'))}"
                          for n in nets)  # fmt: skip
     margin_nets = ", ".join(f"{n} {_pct(_rate(counts, [n], PROBLEMS, 'slsqp', 'margin'))}"
                             for n in nets) if "margin" in config["encodings"] else ""  # fmt: skip
-    toys = [n for n in nets if n in TOYS]
     note = (f"With 0/1 constraints every finite-difference gradient is zero. SLSQP with the "
             f"indicator encoding succeeded {facts['successes']} times in {facts['solves']} "
             f"solves; its usual exit ({facts['top_count']} of {facts['solves']}) is "
@@ -220,7 +217,7 @@ def _claim_fig6(fig6: dict, config: dict) -> dict:
         span = f", L2 {l2[0]:.2f}"
     elif l2:
         span = f", L2 {min(l2):.2f}-{max(l2):.2f} (median {statistics.median(l2):.2f})"
-    other = ("" if f6["network"] == FIG6_NETWORK else
+    other = ("" if f6["network"] == fig6["paper_network"] else
              f" This run used {f6['network']}, not the 10-class network of the paper.")
     return {
         "claim": "Figure 6: SHGO Attack 1 images on the 10-class network still look like the "
@@ -249,15 +246,15 @@ def paper_comparison(config: dict, summary: dict) -> list[dict]:
     """The paper's figure-5 claims beside the measured numbers (only what ran is named)."""
     counts, facts = counts_of(summary), summary["facts"]
     nets, solvers = config["networks"], config["solvers"]
-    mnist = [n for n in nets if n not in TOYS]
-    toys = [n for n in nets if n in TOYS]
+    toys = summary["toys"]
+    mnist = [n for n in nets if n not in toys]
     local = [s for s in ("slsqp", "cobyla") if s in solvers]
     glob = [s for s in ("shgo", "de") if s in solvers]
     out = []
     if mnist and local:
         out.append(_claim_local(counts, config, facts["local"], mnist, local))
     if "slsqp" in solvers and "indicator" in config["encodings"]:
-        out.append(_claim_indicator(counts, config, facts["indicator"]))
+        out.append(_claim_indicator(counts, config, facts["indicator"], toys))
     if mnist and glob:
         out.extend(_claims_global(counts, config, facts["global_medians"], mnist, glob))
     if toys:

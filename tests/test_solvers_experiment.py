@@ -219,6 +219,8 @@ def test_bad_options(tmp_path):
         solvers.make_config(budgets={"gpu": {"max_evals": 3}})
     with pytest.raises(BoxhackError, match="max_evals must be a positive integer"):
         solvers.make_config(budgets={"toy": {"max_evals": 0}})
+    with pytest.raises(BoxhackError, match="budgets: give"):  # e.g. --budgets '[1]'
+        solvers.make_config(budgets=[1])
     with pytest.raises(BoxhackError, match="solve_timeout"):
         solvers.make_config(solve_timeout=-1)
     with pytest.raises(BoxhackError, match="solve_timeout"):

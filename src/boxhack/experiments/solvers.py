@@ -218,6 +218,9 @@ def _budgets(quick: bool, overrides: dict | None) -> dict[str, dict]:
     """:data:`BUDGETS` (with :data:`QUICK_BUDGETS` in quick mode), then ``overrides``
     (``{class: {"max_evals": .., "solver_options": {..}, "max_samples": ..}}``)."""
     out = {k: {**v, "solver_options": dict(v["solver_options"])} for k, v in BUDGETS.items()}
+    if overrides is not None and not isinstance(overrides, dict):
+        raise BoxhackError(f"budgets: give {{class: {{key: value}}}} with classes among "
+                           f"{', '.join(out)}, got {overrides!r}")
     for layer in ((QUICK_BUDGETS if quick else {}), overrides or {}):
         for cls, change in layer.items():
             if cls not in out:

@@ -21,6 +21,8 @@ Figures and sentences are presentation: they live in :mod:`boxhack.report`, and
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ __all__ = [
     "RunContext",
     "Settings",
     "load_config_and_rows",
+    "option_values",
     "run_experiment",
 ]
 
@@ -55,9 +58,11 @@ class Option:
     """One experiment-specific option; the CLI's ``boxhack experiment NAME`` flags are
     generated from these (``--name-with-dashes``).
 
-    ``kind``: ``int``, ``float``, ``str``, ``bool`` or ``"list"`` (comma-separated strings;
-    ``choices`` then limits the items). ``quick`` is the default in quick mode (``None``: same
-    as ``default``).
+    ``kind``: ``int``, ``float``, ``str``, ``bool`` or ``"list"`` (a sequence, or one
+    comma-separated string; ``item`` is the type of each item: ``str``, ``int`` or ``float``;
+    ``choices`` and ``minimum`` then apply to each item). ``quick`` is the default in quick mode
+    (``None``: same as ``default``). A default of ``None`` means "not set" (the experiment's
+    ``configure`` decides, e.g. from :class:`Settings`).
     """
 
     name: str
@@ -67,9 +72,71 @@ class Option:
     choices: Sequence[Any] | None = None
     quick: Any = None
     minimum: float | None = None
+    item: Any = str
 
     def default_for(self, quick: bool) -> Any:
         return self.quick if quick and self.quick is not None else self.default
+
+    def value(self, given: Any, quick: bool) -> Any:
+        """``given`` (or, when it is ``None``, the default for the mode) converted to the
+        option's kind and checked against ``choices`` and ``minimum``; one clear
+        :class:`BoxhackError` otherwise."""
+        value = self.default_for(quick) if given is None else given
+        if value is None:
+            return None
+        if self.kind == "list":
+            items = ([v.strip() for v in value.split(",") if v.strip()]
+                     if isinstance(value, str) else value)  # fmt: skip
+            if not isinstance(items, (list, tuple)) or not items:
+                raise BoxhackError(f"option {self.name!r}: give one or more values (a list or "
+                                   f"a comma-separated string), got {value!r}")  # fmt: skip
+            return [self._check(self._convert(v, self.item)) for v in items]
+        return self._check(self._convert(value, self.kind))
+
+    def _convert(self, value: Any, kind: Any) -> Any:
+        if kind is bool:
+            words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in words:
+                return words[value.lower()]
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif kind in (int, float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if math.isfinite(number) and (kind is float or number.is_integer()):
+                return kind(number)
+        else:
+            return value
+        raise BoxhackError(
+            f"option {self.name!r}: {value!r} is not {'an' if kind is int else 'a'} "
+            f"{getattr(kind, '__name__', kind)}"
+        )
+
+    def _check(self, value: Any) -> Any:
+        if self.choices is not None and value not in self.choices:
+            raise BoxhackError(f"option {self.name!r}: unknown value {value!r}; choose from: "
+                               f"{', '.join(map(str, self.choices))}")  # fmt: skip
+        if self.minimum is not None and not value >= self.minimum:
+            raise BoxhackError(f"option {self.name!r} must be >= {self.minimum:g}, got {value!r}")
+        return value
+
+
+def option_values(
+    options: Sequence[Option], settings: Settings, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every declared option's checked value (:meth:`Option.value`): the given one, else its
+    default for the mode (``settings.quick``). Unknown names are refused."""
+    known = {o.name for o in options}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise BoxhackError(f"no option(s) {', '.join(unknown)}; the options: "
+                           f"{', '.join(o.name for o in options) or '(none)'}")  # fmt: skip
+    return {o.name: o.value(given.get(o.name), settings.quick) for o in options}
 
 
 @dataclass(frozen=True)
@@ -159,8 +226,6 @@ def run_experiment(
 def load_config_and_rows(experiment: Experiment, ctx: RunContext) -> tuple[dict, list[dict]]:
     """The stored configuration and the newest row of each of its jobs, in job order (rows of
     other configurations in the same file are left out)."""
-    import json
-
     exp_dir = ctx.exp_dir(experiment.name)
     path = exp_dir / CONFIG_FILE
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boxhack.attacks.adversarial import get_spec
 from boxhack.attacks.records import resolve_ref
 from boxhack.errors import BoxhackError
 from boxhack.infra.arrays import decode_array
@@ -123,7 +124,8 @@ def describe(config: dict, summary: dict) -> dict:
     rate_flipped = f"{c['success_of_flipped'] / c['flipped']:.1%}" if c["flipped"] else "n/a"
     fb = c["fallback"]
     measured = (f"{ok}/{n_att} = {rate} misclassified and accepted ({c['flipped_accepted']} "
-                f"after {attack} alone, {c['repaired']} repaired by '{repair}'"
+                f"after {attack} alone"
+                + (f", {c['repaired']} repaired by '{repair}'" if repair != "none" else "")
                 + (f", {fb} of them by the {config['fallback_norm']} fallback" if fb else "")
                 + f"); of the samples {attack} flipped: {rate_flipped}")  # fmt: skip
     notes = []
@@ -143,13 +145,19 @@ def describe(config: dict, summary: dict) -> dict:
     }  # fmt: skip
 
 
+def _budget(config: dict) -> str:
+    """The stage-1 budget with its norm, e.g. 'Linf 0.1'."""
+    norm = get_spec(config["attack"]).norm
+    return f"{'Linf' if norm == 'linf' else norm.upper()} {config['epsilon']:g}"
+
+
 def _description(config: dict, summary: dict) -> str:
     c = summary["counts"]
     repair = config["repair"]
     kind = "CNN" if str(config.get("network", "")).endswith("cnn") else "MLP"
     layer = config.get("layer")
     scipy = repair in ("slsqp", "shgo")
-    text = (f"{config['attack']} at {config['epsilon']:g} on {c['samples']} correctly classified "
+    text = (f"{config['attack']} at {_budget(config)} on {c['samples']} correctly classified "
             f"test digits (a seeded, class-balanced draw) of the {config['key']} {kind} "
             f"(monitor: {config['n_clusters']} box(es) per class, tolerance "
             f"{config['tolerance']:g}" + (f", layer {layer}" if layer else "") + ")")

@@ -25,7 +25,7 @@ def small(tmp_path_factory):
 def test_experiment_quick_rows_summary_figures(small, tmp_path):
     summary, config, rows, figures, text = run_and_present(
         "combined", tmp_path, models_root=small["root"], key="mnist3", n=12, chunk=6,
-        epsilon=0.15)  # fmt: skip
+        eps=0.15)  # fmt: skip
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     counts = summary["counts"]
     assert counts["samples"] == 12 and counts["attacked"] == 12
@@ -62,7 +62,7 @@ def test_experiment_takes_its_lock_before_writing_anything(tmp_path):
     ({"colour": "red"}, "no option"),
     ({"repair": "magic"}, "unknown value 'magic'"),
     ({"space": "input"}, "for the SciPy repairs"),
-    ({"epsilon": -1.0}, "must be >= 0"),
+    ({"eps": -1.0}, "must be >= 0"),
     ({"attack": "nope"}, "unknown attack"),
 ])  # fmt: skip
 def test_bad_options_clear_errors(options, message):

@@ -62,7 +62,7 @@ OPTIONS = (
     Option("repair", str, "gradient", "gradient (the monitor-aware gradient attack), slsqp or "
            "shgo (SciPy, bounded by max_evals), none (stage 1 only)", choices=REPAIRS),
     Option("attack", str, "fgsm", "stage-1 Foolbox attack"),
-    Option("epsilon", float, 0.1, "stage-1 budget in the attack's norm", minimum=0),
+    Option("eps", float, 0.1, "stage-1 budget in the attack's norm", minimum=0),
     Option("norm", str, "l1", "the repair's distance", choices=("l1", "l2")),
     Option("fallback_norm", str, "l2", "gradient repair: second try in this norm for the "
            "samples still failing (none: no second try)", choices=("l1", "l2", "linf", "none")),
@@ -166,7 +166,7 @@ def configure(settings: Settings, options: dict) -> dict:
         "seed": int(settings.seed),
         "mode": "quick" if settings.quick else "full",
         "attack": get_spec(o["attack"]).name,
-        "epsilon": o["epsilon"],
+        "epsilon": o["eps"],
         "repair": repair,
         "norm": o["norm"],
         "fallback_norm": None if o["fallback_norm"] == "none" else o["fallback_norm"],

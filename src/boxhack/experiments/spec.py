@@ -103,9 +103,9 @@ class Option:
         elif kind is str:
             if isinstance(value, str):
                 return value
-        elif kind in (int, float) and not isinstance(value, bool):
+        elif kind in (int, float):
             try:
-                number = float(value)
+                number = math.nan if isinstance(value, bool) else float(value)
             except (TypeError, ValueError):
                 number = math.nan
             if math.isfinite(number) and (kind is float or number.is_integer()):
@@ -126,19 +126,6 @@ class Option:
         return value
 
 
-def option_values(
-    options: Sequence[Option], settings: Settings, given: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Every declared option's checked value (:meth:`Option.value`): the given one, else its
-    default for the mode (``settings.quick``). Unknown names are refused."""
-    known = {o.name for o in options}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise BoxhackError(f"no option(s) {', '.join(unknown)}; the options: "
-                           f"{', '.join(o.name for o in options) or '(none)'}")  # fmt: skip
-    return {o.name: o.value(given.get(o.name), settings.quick) for o in options}
-
-
 @dataclass(frozen=True)
 class Settings:
     """What every experiment gets, whatever its grid."""
@@ -150,6 +137,19 @@ class Settings:
     progress: bool = True
     solve_timeout: float | None = None  # a safety net for experiments that run SciPy solves
     client: Any = None  # an existing dask.distributed Client (not stored)
+
+
+def option_values(
+    options: Sequence[Option], settings: Settings, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every declared option's checked value (:meth:`Option.value`): the given one, else its
+    default for the mode (``settings.quick``). Unknown names are refused."""
+    known = {o.name for o in options}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise BoxhackError(f"no option(s) {', '.join(unknown)}; the options: "
+                           f"{', '.join(o.name for o in options) or '(none)'}")  # fmt: skip
+    return {o.name: o.value(given.get(o.name), settings.quick) for o in options}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Foolbox adapter, monitor criterion, decision-only attacker, ``attack adversarial`` CLI and the
-``adversarial`` experiment (figure 8), on the small 3-class MNIST network."""
+"""Foolbox adapter, monitor criterion, decision-only attacker and ``attack adversarial`` CLI, on
+the small 3-class MNIST network (the ``adversarial`` experiment: test_adversarial_experiment.py)."""
 
 import json
 import subprocess
@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from stored_attacks import recheck_rows
 
 from boxhack.attacks.adversarial import (
     ATTACKS,
@@ -233,42 +232,3 @@ def test_cli_attack_adversarial(small, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["attack", "adversarial", "--model", str(model_dir), "--monitor", str(monitor),
               "--eps", "-1"])
-
-
-def test_experiment_quick_rows_summary_figures(small, tmp_path):
-    from boxhack.experiments import adversarial as exp
-    from boxhack.infra.jsonl import read_rows
-
-    opts = {"key": "mnist3", "n": 6, "attacks": ["fgsm", "hsj"], "clusters": [1, 2],
-            "tolerances": [0.0, 0.25]}
-    summary = exp.run(tmp_path, quick=True, n_jobs=1, progress=False,
-                      models_root=small["root"], **opts)
-    rows = read_rows(tmp_path / "adversarial" / "rows.jsonl")
-    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
-    assert summary["name"] == "adversarial" and summary["timing"]["jobs"] == 4
-    table = summary["tables"][0]
-    assert "k1-tol0" in table["columns"] and "k2-tol0.25" in table["columns"]
-    assert len(table["rows"]) == 4  # 2 attacks x 2 budgets, criterion misclassify
-    for row in table["rows"]:  # tolerance only adds acceptances; nothing exceeds the flips
-        cols = dict(zip(table["columns"], row))
-        assert cols["k1-tol0.25"] >= cols["k1-tol0"] and cols["flipped"] >= cols["k1-tol0.25"]
-    for fig in summary["figures"]:
-        assert (tmp_path / "adversarial" / fig["path"]).read_bytes()[:4] == b"\x89PNG"
-    assert summary["paper"] and json.loads((tmp_path / "adversarial" / "summary.json").read_text())
-    # the digits: a seeded class-balanced draw of correctly classified ones (3 classes: 2 each)
-    cfg = json.loads((tmp_path / "adversarial" / "config.json").read_text())
-    ds = small["dataset"]
-    assert sorted(np.bincount(ds.y_test[cfg["indices"]], minlength=3)) == [2, 2, 2]
-    # the text names only what ran: quick L2 budgets are 1 and 3, monitors k=1,2 x tol 0, 0.25
-    text = json.dumps([summary["description"], summary["paper"], summary["figures"]])
-    assert "L2 3" in text and "L2 2" not in text and "k=3" not in text and "k3" not in text
-    assert "k=2" in text and "k1-tol0.1" not in text
-    # every stored success holds when re-checked with the model and target monitor it names
-    total, n_records = recheck_rows(tmp_path, "adversarial")
-    assert n_records == sum(1 for r in rows for pe in r["result"]["per_eps"] if any(pe["success"]))
-    assert total.claimed == sum(sum(pe["success"]) for r in rows for pe in r["result"]["per_eps"])
-    assert total.claimed > 0 and total.hold == total.claimed
-    again = exp.summarise(tmp_path, models_root=small["root"])  # from the rows alone
-    assert again["tables"][0] == table
-    exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"], **opts)
-    assert len(read_rows(tmp_path / "adversarial" / "rows.jsonl")) == 4  # resumed: nothing re-run

@@ -1,11 +1,8 @@
-"""The combined attack (adversarial attack, then repair to pass the monitor) and its experiment
-(paper section 4.2, figure 9), on the small 3-class MNIST network."""
-
-import json
+"""The combined attack (adversarial attack, then repair to pass the monitor), on the small 3-class
+MNIST network (its experiment, paper figure 9: test_combined_experiment.py)."""
 
 import numpy as np
 import pytest
-from stored_attacks import recheck_rows
 
 from boxhack.attacks.records import within_budget
 from boxhack.errors import BoxhackError
@@ -67,79 +64,6 @@ def test_combined_attack_without_repair_is_the_attack(small):
 def test_combined_attack_errors(small, kwargs, message):
     with pytest.raises(BoxhackError, match=message):
         combined_attack(small["model"], small["monitor"], small["x"][:3], small["y"][:3], **kwargs)
-
-
-def test_experiment_quick_rows_summary_figures(small, tmp_path):
-    from boxhack.experiments import combined as exp
-    from boxhack.infra.jsonl import read_rows
-
-    summary = exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"],
-                      key="mnist3", n=12, chunk=6, epsilon=0.15)
-    rows = read_rows(tmp_path / "combined" / "rows.jsonl")
-    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
-    counts = summary["counts"]
-    assert counts["samples"] == 12 and counts["attacked"] == 12
-    assert counts["final: misclassified and accepted"] == sum(
-        sum(r["result"]["final"]["success"]) for r in rows)
-    assert counts["flipped and accepted after fgsm alone"] <= \
-        counts["final: misclassified and accepted"]
-    assert summary["paper"][0]["measured"].startswith(f"{counts['final: misclassified and accepted']}/12")
-    # a seeded, class-balanced draw of correctly classified digits (3 classes: 4 each)
-    cfg = json.loads((tmp_path / "combined" / "config.json").read_text())
-    ds = small["dataset"]
-    assert np.bincount(ds.y_test[cfg["indices"]], minlength=3).tolist() == [4, 4, 4]
-    # stored exactly: stage 1 within its budget, the final points; all hold when re-checked
-    for r in rows:
-        budgets = [rec["budget"] for rec in r["result"]["attacks"]]
-        assert {"norm": "linf", "eps": 0.15} in budgets and None in budgets
-    total, n_records = recheck_rows(tmp_path, "combined")
-    assert n_records == 4 and total.claimed > 0 and total.hold == total.claimed
-    text = json.dumps([summary["description"], summary["paper"], summary["figures"],
-                       summary["tables"][0]["title"]])
-    assert "fgsm (Linf 0.15)" in text and "10-class" not in text
-    paths = [f["path"] for f in summary["figures"]]
-    assert "figure9.png" in paths
-    for p in paths:
-        assert (tmp_path / "combined" / p).read_bytes()[:4] == b"\x89PNG"
-    on_disk = json.loads((tmp_path / "combined" / "summary.json").read_text())
-    assert on_disk["tables"] == summary["tables"]
-    assert exp.summarise(tmp_path, models_root=small["root"])["tables"] == summary["tables"]
-
-
-def test_experiment_bad_option(tmp_path):
-    from boxhack.experiments import combined as exp
-
-    with pytest.raises(BoxhackError, match="no option"):
-        exp.run(tmp_path, quick=True, n_jobs=1, progress=False, colour="red")
-    with pytest.raises(BoxhackError, match="unknown repair"):
-        exp.run(tmp_path, quick=True, n_jobs=1, progress=False, repair="magic")
-
-
-def test_cli_experiment_help(capsys):
-    from boxhack.cli import main
-
-    for name in ("adversarial", "combined"):
-        with pytest.raises(SystemExit) as exc:
-            main(["experiment", name, "--help"])
-        assert exc.value.code == 0
-    assert "--repair" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", ["adversarial", "combined", "novelty", "gradient"])
-def test_experiments_take_their_lock_before_writing_anything(tmp_path, name):
-    """A run whose experiment directory is in use is refused at once: no config, no model
-    training, nothing written (the models root stays empty)."""
-    import importlib
-
-    from boxhack.infra.locks import exclusive
-
-    module = importlib.import_module(f"boxhack.experiments.{name}")
-    with exclusive(tmp_path / name):
-        with pytest.raises(BoxhackError, match="in use"):
-            module.run(tmp_path, quick=True, n_jobs=1, progress=False,
-                       models_root=tmp_path / "models")
-        assert [p.name for p in (tmp_path / name).iterdir()] == [".lock"]
-        assert not (tmp_path / "models").exists()
 
 
 def test_sample_balanced_is_seeded_balanced_and_respects_the_mask():

@@ -1,4 +1,5 @@
-"""Experiment ``gradient`` (robustness curves), its report helpers and the two CLI commands."""
+"""Experiment ``gradient`` (robustness curves) through the experiment contract, its presenter and
+report helpers, and the ``attack gradient`` CLI command."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import json
 
 import numpy as np
 import pytest
-from stored_attacks import recheck_rows
+from stored_attacks import assert_locked_before_writing, recheck_rows, run_and_present
 
 from boxhack.cli import main as cli_main
-from boxhack.report.curves import budget_at, plot_robustness_curves, success_curve
+from boxhack.errors import BoxhackError
+from boxhack.experiments.gradient import EXPERIMENT, budget_at
+from boxhack.experiments.spec import RunContext, Settings
+from boxhack.infra.jsonl import read_rows
+from boxhack.report.curves import plot_robustness_curves, success_curve
+from boxhack.report.gradient import PRESENTER
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +29,23 @@ def small(tmp_path_factory):
 
 
 OPTS = {"n": 5, "goals": ["dos", "intrude"], "norms": ["l2", "linf"],
-        "attacks": ["gradient", "pgd"], "eps": {"l2": [1.0], "linf": [0.1]}}
+        "attacks": ["gradient", "pgd"], "eps_l2": [1.0], "eps_linf": [0.1]}
 
 
 def test_experiment_contract_resume_and_summarise(small, tmp_path):
-    from boxhack.experiments import gradient as exp
-    from boxhack.infra.jsonl import read_rows
-
-    summary = exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"],
-                      **OPTS)
-    assert summary["name"] == exp.NAME == "gradient"
-    for key in ("title", "description", "config", "tables", "figures", "paper", "timing"):
-        assert key in summary
+    summary, config, rows, figures, text = run_and_present(
+        "gradient", tmp_path, models_root=small["root"], **OPTS)
+    assert summary["name"] == EXPERIMENT.name == "gradient"
+    json.dumps(summary)  # data only: the figures and sentences are the presenter's
+    assert not {"figures", "paper", "description"} & set(summary)
+    for key in ("description", "paper", "notes"):
+        assert key in text
     exp_dir = tmp_path / "gradient"
-    rows = read_rows(exp_dir / "rows.jsonl")
     assert len(rows) == 2 * 2 * 2  # goals x norms x (gradient + one PGD budget)
     assert all(r["status"] == "ok" for r in rows)
-    for fig in summary["figures"]:
-        assert (exp_dir / fig["path"]).is_file()
-    assert {f["path"] for f in summary["figures"]} >= {"curves_dos.png", "curves_intrude.png"}
+    for fig in figures:
+        assert (exp_dir / fig["path"]).read_bytes()[:4] == b"\x89PNG" and fig["caption"]
+    assert {f["path"] for f in figures} >= {"curves_dos.png", "curves_intrude.png"}
     table = summary["tables"][0]
     by = {(r[0], r[1], r[2]): dict(zip(table["columns"], r)) for r in table["rows"]}
     for goal in ("dos", "intrude"):
@@ -49,7 +53,6 @@ def test_experiment_contract_resume_and_summarise(small, tmp_path):
         assert cell["success"] >= 0.8
         assert cell["success"] == round(cell["successes"] / cell["attacked"], 3)
     # the samples: seeded, class-balanced, from the digits each goal starts from
-    config = json.loads((exp_dir / "config.json").read_text())
     from boxhack.experiments.prepared import prepare_monitor
 
     model, monitor, _, data = prepare_monitor("mnist3", small["root"])
@@ -79,39 +82,50 @@ def test_experiment_contract_resume_and_summarise(small, tmp_path):
     assert n_records == sum(1 for r in rows if any(r["result"]["success"]))
     assert total.claimed == sum(sum(r["result"]["success"]) for r in rows) > 0
     assert total.hold == total.claimed
-    on_disk = json.loads((exp_dir / "summary.json").read_text())
-    assert on_disk["tables"] == summary["tables"]
-    # resumable: a second run adds no rows; summarise alone redraws the same tables
-    exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"], **OPTS)
+    # the text names only what ran: no orthogonal attack, no combined / intrude-any goal
+    said = json.dumps([text, figures])
+    assert "orthogonal" not in said and "intrude-any" not in said and "mnist3 MLP" in said
+    assert "dos 5 (correctly classified and accepted (Attack 1)), intrude 5" in said
+    # resumable: a second run adds no rows; summarised again from the rows: the same tables
+    run_and_present("gradient", tmp_path, models_root=small["root"], **OPTS)
     assert len(read_rows(exp_dir / "rows.jsonl")) == len(rows)
-    again = exp.summarise(tmp_path, models_root=small["root"])
-    assert again["tables"] == summary["tables"]
+    ctx = RunContext(out_dir=tmp_path, models_root=small["root"])
+    assert EXPERIMENT.summarise(config, rows, ctx)["tables"] == summary["tables"]
 
 
-def test_experiment_takes_its_lock_before_writing(small, tmp_path):
-    """A second run on the same directory is refused at once, before it writes anything."""
-    from boxhack.errors import BoxhackError
-    from boxhack.experiments import gradient as exp
-    from boxhack.infra.locks import exclusive
-
-    with exclusive(tmp_path / "gradient"):
-        before = sorted(p.name for p in (tmp_path / "gradient").iterdir())
-        with pytest.raises(BoxhackError, match="in use"):
-            exp.run(tmp_path, quick=True, n_jobs=1, progress=False, models_root=small["root"],
-                    **OPTS)
-        assert sorted(p.name for p in (tmp_path / "gradient").iterdir()) == before
+def test_experiment_takes_its_lock_before_writing_anything(tmp_path):
+    assert_locked_before_writing("gradient", tmp_path)
 
 
-def test_experiment_rejects_bad_options(tmp_path):
-    from boxhack.errors import BoxhackError
-    from boxhack.experiments import gradient as exp
+@pytest.mark.parametrize("options, message", [
+    ({"colour": "blue"}, "no option"),
+    ({"goals": ["steal"]}, "unknown value 'steal'"),
+    ({"norms": "l2,l7"}, "unknown value 'l7'"),
+    ({"eps_l2": [-1.0]}, "must be >= 0"),
+    ({"n": "many"}, "is not an int"),
+])  # fmt: skip
+def test_experiment_rejects_bad_options(options, message):
+    with pytest.raises(BoxhackError, match=message):
+        EXPERIMENT.configure(Settings(quick=True), options)
 
-    with pytest.raises(BoxhackError, match="no option"):
-        exp.run(tmp_path, quick=True, progress=False, colour="blue")
-    with pytest.raises(BoxhackError, match="unknown goal"):
-        exp.run(tmp_path, quick=True, progress=False, goals=["steal"])
+
+def test_summarise_without_rows_says_run_first(tmp_path):
+    config = EXPERIMENT.configure(Settings(quick=True), {})
     with pytest.raises(BoxhackError, match="run the experiment first"):
-        exp.summarise(tmp_path / "nothing")
+        EXPERIMENT.summarise(config, [], RunContext(out_dir=tmp_path, models_root=tmp_path))
+
+
+def test_describe_names_only_the_cells_that_ran():
+    cells = [{"goal": "intrude", "norm": "l2", "attack": "gradient", "eps": None, "n": 4,
+              "attacked": 4, "already": 0, "not_eligible": 0, "successes": 3, "rate": 0.75,
+              "median": 0.5, "budget50": 0.4, "budget90": None, "ms": 12.0}]
+    config = {"key": "mnist10", "n_clusters": 1, "tolerance": 0.0, "network": "mnist-mlp",
+              "layer": "relu2"}
+    text = PRESENTER.describe(config, {"cells": cells, "digits": {"intrude": 4},
+                                       "timing": {"errors": 0}})
+    assert [c["measured"][:12] for c in text["paper"]] == ["3/4 (75%) of"]
+    assert "orthogonal" not in text["description"] and "pgd" not in text["description"]
+    assert "intrude 4 (rejected)" in text["description"]
 
 
 def test_curve_helpers():
@@ -161,12 +175,3 @@ def test_cli_attack_gradient_errors(small, capsys, argv, match):
                    str(small["monitor"]), *argv])
     assert rc == 2
     assert match in capsys.readouterr().err
-
-
-def test_cli_experiment_gradient(small, tmp_path, capsys):
-    rc = cli_main(["experiment", "gradient", "--out", str(tmp_path), "--quick", "--n", "4",
-                   "--goals", "dos", "--norms", "l2", "--attacks", "gradient", "--jobs", "1",
-                   "--no-progress", "--models-root", str(small["root"])])
-    assert rc == 0
-    assert (tmp_path / "gradient" / "summary.json").is_file()
-    assert "summary:" in capsys.readouterr().out

@@ -16,18 +16,33 @@ success is verified by the exact model and monitor; success rates and norm media
 digits actually attacked (a digit whose goal already held at x0 is counted apart). One job per
 (goal, norm, attack[, budget]) runs its samples as one batch; the rows carry per-sample norms
 and verdicts, and the successful inputs exactly (``"attacks"``: attack records that ``boxhack
-verify`` re-checks), so every figure is redrawn from the JSONL alone.
+verify`` re-checks), so the summary and the figures (:mod:`boxhack.report.gradient`) come from
+the JSONL alone.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
-from pathlib import Path
 
 import numpy as np
+import torch
 
+from boxhack.attacks.gradient import MonitorAttack
+from boxhack.attacks.orthogonal import OrthogonalAttack
+from boxhack.attacks.records import attack_record, file_ref
+from boxhack.data.sampling import sample_balanced
 from boxhack.errors import BoxhackError
+from boxhack.experiments.prepared import (
+    PAPER_NETWORKS,
+    load_prepared,
+    monitor_path,
+    prepare_monitor,
+)
+from boxhack.experiments.spec import Experiment, Option, RunContext, Settings, option_values
+from boxhack.infra.campaign import Job
+
+__all__ = ["EXPERIMENT", "budget_at", "cell", "job"]
 
 NAME = "gradient"
 TITLE = "Monitor-aware gradient attacks: robustness curves (beyond the paper)"
@@ -44,25 +59,31 @@ EPS_GRID = {
 }
 QUICK_EPS = {"l1": (2.5, 10.0), "l2": (0.25, 1.0), "linf": (0.025, 0.1)}
 N_EXAMPLES = 3
-NORM_NAMES = {"l1": "L1", "l2": "L2", "linf": "Linf"}
-GOAL_TITLES = {
-    "dos": "Attack 1 (dos): keep the class, get rejected",
-    "intrude": "Attack 2 (intrude): get accepted as the same class",
-    "intrude-any": "Attack 2 (intrude-any): get accepted as any class",
-    "combined": "Combined: misclassified and accepted",
+# the digits each goal starts from (the goal's own starting condition)
+POOLS = {
+    "dos": "correctly classified and accepted (Attack 1)",
+    "intrude": "rejected",
+    "intrude-any": "rejected",
+    "combined": "correctly classified",
 }
+
+OPTIONS = (
+    Option("n", int, 100, "digits per goal", quick=12, minimum=1),
+    Option("key", str, KEY, "network", quick="mnist3", choices=tuple(PAPER_NETWORKS)),
+    Option("goals", "list", GOALS, "goals", quick=("dos", "intrude", "combined"), choices=GOALS),
+    Option("norms", "list", NORMS, "norms", choices=NORMS),
+    Option("attacks", "list", ATTACKS, "attacks: gradient (minimal, FMN-style), orthogonal "
+           "(minimal, Orthogonal-PGD-style), pgd (fixed budgets)", choices=ATTACKS),
+    *(Option(f"eps_{norm}", "list", EPS_GRID[norm], f"PGD budgets in {norm.upper()}",
+             quick=QUICK_EPS[norm], item=float, minimum=0) for norm in NORMS),
+    Option("n_clusters", int, 1, "boxes per class of the monitor", minimum=1),
+    Option("tolerance", float, 0.0, "tolerance of the monitor", minimum=0),
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ jobs
-def _job(params: dict) -> dict:
+def job(params: dict) -> dict:
     """One (goal, norm, attack[, eps]) cell on its samples, as one batch."""
-    import torch
-
-    from boxhack.attacks.gradient import MonitorAttack
-    from boxhack.attacks.orthogonal import OrthogonalAttack
-    from boxhack.attacks.records import attack_record
-    from boxhack.experiments.prepared import load_prepared
-
     torch.set_num_threads(1)
     model, _info, dataset, monitor = load_prepared(params["root"], params["key"], params["n_clusters"],
                                                   params["tolerance"])  # fmt: skip
@@ -104,124 +125,81 @@ def _job(params: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ run
-def _root(out_dir, models_root) -> Path:
-    return Path(models_root) if models_root is not None else Path(out_dir) / "models"
-
-
-def _config(quick: bool, seed: int, options: dict) -> dict:
-    known = {"n", "key", "goals", "norms", "attacks", "eps", "n_clusters", "tolerance"}
-    unknown = set(options) - known
-    if unknown:
-        raise BoxhackError(f"experiment {NAME!r} has no option(s) {sorted(unknown)}; "
-                           f"options: {sorted(known)}")  # fmt: skip
-
-    def names(key, allowed, default):
-        v = options.get(key) or default
-        v = [v] if isinstance(v, str) else list(v)
-        bad = [a for a in v if a not in allowed]
-        if bad:
-            raise BoxhackError(f"unknown {key[:-1]} {bad[0]!r}; choose from: {', '.join(allowed)}")
-        return v
-
-    n = int(options.get("n") or (12 if quick else 100))
-    if n < 1:
-        raise BoxhackError(f"n must be >= 1, got {n}")
-    eps = options.get("eps") or (QUICK_EPS if quick else EPS_GRID)
+def configure(settings: Settings, options: dict) -> dict:
+    """The configuration of one run (pure: nothing is trained or read)."""
+    o = option_values(OPTIONS, settings, options)
     return {
-        "key": options.get("key") or ("mnist3" if quick else KEY),
-        "n": n,
-        "seed": int(seed),
-        "mode": "quick" if quick else "full",
-        "goals": names("goals", GOALS, ("dos", "intrude", "combined") if quick else GOALS),
-        "norms": names("norms", NORMS, NORMS),
-        "attacks": names("attacks", ATTACKS, ATTACKS),
-        "eps": {k: [float(e) for e in v] for k, v in dict(eps).items()},
-        "n_clusters": int(options.get("n_clusters") or 1),
-        "tolerance": float(options.get("tolerance") or 0.0),
+        "key": o["key"],
+        "n": o["n"],
+        "seed": int(settings.seed),
+        "mode": "quick" if settings.quick else "full",
+        "goals": o["goals"],
+        "norms": o["norms"],
+        "attacks": o["attacks"],
+        "eps": {norm: o[f"eps_{norm}"] for norm in NORMS},
+        "n_clusters": o["n_clusters"],
+        "tolerance": o["tolerance"],
     }
 
 
-# the digits each goal starts from (the goal's own starting condition)
-POOLS = {
-    "dos": "correctly classified and accepted (Attack 1)",
-    "intrude": "rejected",
-    "intrude-any": "rejected",
-    "combined": "correctly classified",
-}
-
-
-def _samples(model, monitor, dataset, n: int, seed: int) -> dict:
+def samples(model, monitor, dataset, n: int, seed: int) -> dict:
     """Test indices per goal (see :data:`POOLS`): a seeded, class-balanced sample of up to
     ``n`` digits each (:func:`boxhack.data.sampling.sample_balanced`)."""
-    from boxhack.data.sampling import sample_balanced
-
     pred, acc = monitor.predict(model, dataset.x_test)
     correct = pred == dataset.y_test
     masks = {"dos": correct & acc, "intrude": ~acc, "intrude-any": ~acc, "combined": correct}
     return {goal: sample_balanced(dataset.y_test, n, seed, mask).tolist()
-            for goal, mask in masks.items()}
+            for goal, mask in masks.items()}  # fmt: skip
 
 
-def run(out_dir, *, quick=False, n_jobs=None, scheduler=None, seed=0, progress=True,
-        models_root=None, **options) -> dict:
-    """Run the grid into ``out_dir/gradient/rows.jsonl`` (resumable); return the summary.
-
-    Options: ``n`` (samples per goal; 100, quick 12), ``key`` (network; mnist10, quick mnist3),
-    ``goals``, ``norms``, ``attacks`` (subsets), ``eps`` ({norm: [budgets]} for PGD),
-    ``n_clusters`` / ``tolerance`` of the monitor (1 / 0)."""
-    from boxhack.attacks.records import file_ref
-    from boxhack.experiments.prepared import monitor_path, prepare_monitor
-    from boxhack.infra.campaign import Job, run_campaign
-    from boxhack.infra.files import atomic_write_json, check_output_dir
-    from boxhack.infra.locks import exclusive
-
-    start = time.perf_counter()
-    cfg = _config(quick, seed, options)
-    check_output_dir(out_dir)
-    exp_dir = Path(out_dir) / NAME
-    with exclusive(exp_dir, f"experiment {NAME!r} directory"):
-        root = _root(out_dir, models_root)
-        model, monitor, info, dataset = prepare_monitor(
-            cfg["key"], root, n_clusters=cfg["n_clusters"], tolerance=cfg["tolerance"])
-        samples = _samples(model, monitor, dataset, cfg["n"], seed)
-        tag = (f"{cfg['mode']}/{cfg['key']}/n{cfg['n']}/s{seed}/k{cfg['n_clusters']}-"
-               f"tol{cfg['tolerance']:g}")
-        cfg["tag"] = tag
-        atomic_write_json(exp_dir / "config.json", {**cfg, "samples": samples})
-        mon_path = monitor_path(root, cfg["key"], cfg["n_clusters"], cfg["tolerance"],
-                                info["default_layer"])  # fmt: skip
-        base = {"root": str(root), "key": cfg["key"], "n_clusters": cfg["n_clusters"],
-                "tolerance": cfg["tolerance"], "seed": seed,
-                "model_ref": file_ref(root / "models" / cfg["key"], base=out_dir,
-                                      sha256=info["sha256"]),
-                "monitor_ref": file_ref(mon_path, base=out_dir)}  # fmt: skip
-        jobs = []
-        for goal in cfg["goals"]:
-            if not samples[goal]:
-                continue
-            for norm in cfg["norms"]:
-                for attack in cfg["attacks"]:
-                    grid = cfg["eps"].get(norm, []) if attack == "pgd" else [None]
-                    for eps in grid:
-                        key = f"{NAME}/{tag}/{goal}/{norm}/{attack}" + ("" if eps is None else f"/{eps:g}")
-                        jobs.append(Job(key, {**base, "goal": goal, "norm": norm, "attack": attack,
-                                              "eps": eps, "indices": samples[goal]}))
-        run_campaign(jobs, _job, exp_dir / "rows.jsonl", n_jobs=n_jobs, scheduler=scheduler,
-                     progress=progress, desc=NAME)  # fmt: skip
-        summary = summarise(out_dir, models_root=models_root, _keys={j.key for j in jobs})
-        summary["timing"]["elapsed_s"] = time.perf_counter() - start
-        atomic_write_json(exp_dir / "summary.json", summary)
-    return summary
+def plan(config: dict, ctx: RunContext) -> tuple[dict, list[Job]]:
+    """Train / fit what is not cached, draw the digits per goal, one job per (goal, norm,
+    attack[, PGD budget])."""
+    root, seed = ctx.models_root, config["seed"]
+    model, monitor, info, dataset = prepare_monitor(
+        config["key"], root, n_clusters=config["n_clusters"], tolerance=config["tolerance"])
+    drawn = samples(model, monitor, dataset, config["n"], seed)
+    tag = (f"{config['mode']}/{config['key']}/n{config['n']}/s{seed}/k{config['n_clusters']}-"
+           f"tol{config['tolerance']:g}")
+    config = {**config, "tag": tag, "samples": drawn, "layer": info["default_layer"],
+              "network": PAPER_NETWORKS[config["key"]][0]}  # fmt: skip
+    mon_path = monitor_path(root, config["key"], config["n_clusters"], config["tolerance"],
+                            info["default_layer"])  # fmt: skip
+    base = {"root": str(root), "key": config["key"], "n_clusters": config["n_clusters"],
+            "tolerance": config["tolerance"], "seed": seed,
+            "model_ref": file_ref(root / "models" / config["key"], base=ctx.out_dir,
+                                  sha256=info["sha256"]),
+            "monitor_ref": file_ref(mon_path, base=ctx.out_dir)}  # fmt: skip
+    jobs = []
+    for goal in config["goals"]:
+        if not drawn[goal]:
+            continue
+        for norm in config["norms"]:
+            for attack in config["attacks"]:
+                for eps in config["eps"].get(norm, []) if attack == "pgd" else [None]:
+                    key = f"{NAME}/{tag}/{goal}/{norm}/{attack}" + ("" if eps is None else f"/{eps:g}")
+                    jobs.append(Job(key, {**base, "goal": goal, "norm": norm, "attack": attack,
+                                          "eps": eps, "indices": drawn[goal]}))  # fmt: skip
+    return config, jobs
 
 
 # ------------------------------------------------------------------------------ summary
+def budget_at(norms, success, rate: float) -> float:
+    """Smallest budget at which a minimal attack reaches success ``rate`` (``inf`` if never)."""
+    r = np.sort(np.where(np.asarray(success, bool), np.asarray(norms, float), np.inf))
+    if len(r) == 0:
+        return math.inf
+    k = math.ceil(rate * len(r)) - 1
+    return float(r[max(k, 0)])
+
+
 def _fmt(v, digits=4):
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return None
     return round(float(v), digits)
 
 
-def _cell(row: dict) -> dict:
+def cell(row: dict) -> dict:
     """Per-sample arrays of one row, restricted to the inputs actually attacked."""
     p, res = row["params"], row["result"]
     att = np.asarray(res["eligible"], bool)
@@ -233,170 +211,53 @@ def _cell(row: dict) -> dict:
             "ms": 1000 * float(res["wall_s"]) / max(len(succ), 1)}  # fmt: skip
 
 
-def _rate(c: dict) -> float | None:
-    return float(c["success"].mean()) if c["attacked"] else None
-
-
-def _median_ok(c: dict) -> float | None:
+def _numbers(c: dict) -> dict:
+    """One cell's summary numbers (JSON-able): counts, rate, median norm of the successes,
+    the budgets for 50% / 90% success (minimal attacks), milliseconds per sample."""
+    minimal = c["attack"] != "pgd" and c["attacked"]
     ok = c["success"]
-    return float(np.median(c["norms"][ok])) if ok.any() else None
+    return {
+        "goal": c["goal"], "norm": c["norm"], "attack": c["attack"], "eps": c["eps"],
+        "n": c["n"], "attacked": c["attacked"], "already": c["already"],
+        "not_eligible": c["n"] - c["attacked"] - c["already"],
+        "successes": int(ok.sum()),
+        "rate": float(ok.mean()) if c["attacked"] else None,
+        "median": float(np.median(c["norms"][ok])) if ok.any() else None,
+        "budget50": _fmt(budget_at(c["norms"], ok, 0.5)) if minimal else None,
+        "budget90": _fmt(budget_at(c["norms"], ok, 0.9)) if minimal else None,
+        "ms": c["ms"],
+    }  # fmt: skip
 
 
-def _examples(rows: list[dict]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(goal, before, after) of the L2 gradient rows' example successes, from their records."""
-    from boxhack.infra.arrays import decode_array
-
-    out = []
-    for r in rows:
-        p, res = r["params"], r["result"]
-        if p["attack"] != "gradient" or p["norm"] != "l2" or not res.get("examples"):
-            continue
-        rec = res["attacks"][0]
-        x0, x = decode_array(rec["x0"]), decode_array(rec["x"])
-        out.extend((p["goal"], x0[i], x[i]) for i in res["examples"])
-    return out
+def order(row: dict) -> tuple:
+    """Goal, norm, attack, budget: the order of the table and the figures."""
+    p = row["params"]
+    return (GOALS.index(p["goal"]) if p["goal"] in GOALS else 99,
+            NORMS.index(p["norm"]) if p["norm"] in NORMS else 99,
+            ATTACKS.index(p["attack"]) if p["attack"] in ATTACKS else 99,
+            p.get("eps") or 0.0)  # fmt: skip
 
 
-def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
-    """Tables, one robustness-curve figure per goal, an examples figure and summary.json,
-    from ``out_dir/gradient/rows.jsonl`` alone. Rates and medians are over the inputs
-    actually attacked; inputs whose goal held already at x0 are counted apart."""
-    from boxhack.infra.files import atomic_write_json
-    from boxhack.infra.jsonl import latest_by_key, read_rows
-    from boxhack.report.curves import (
-        budget_at,
-        plot_before_after,
-        plot_robustness_curves,
-        save_png,
-    )
-
-    exp_dir = Path(out_dir) / NAME
-    path = exp_dir / "rows.jsonl"
-    if not path.is_file():
-        raise BoxhackError(f"{path} does not exist; run the experiment first")
-    latest = latest_by_key(read_rows(path))
-    cfg_path = exp_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    if _keys is None and cfg.get("tag"):
-        _keys = {k for k in latest if k.startswith(f"{NAME}/{cfg['tag']}/")} or None
-    rows = [r for k, r in latest.items() if (_keys is None or k in _keys) and r.get("status") == "ok"]
-    if not rows:
-        raise BoxhackError(f"{path} has no finished rows; run the experiment first")
-    n_err = sum(1 for k, r in latest.items() if (_keys is None or k in _keys) and r.get("status") != "ok")
-
-    def order(r):
-        p = r["params"]
-        return (GOALS.index(p["goal"]) if p["goal"] in GOALS else 99,
-                NORMS.index(p["norm"]) if p["norm"] in NORMS else 99,
-                ATTACKS.index(p["attack"]) if p["attack"] in ATTACKS else 99,
-                p.get("eps") or 0.0)
-
-    rows.sort(key=order)
-    cells = [_cell(r) for r in rows]
-    curves: dict = {}
-    table = []
-    for c in cells:
-        curve = curves.setdefault(c["goal"], {}).setdefault(c["norm"], {})
-        if c["attack"] == "pgd":
-            pts = curve.setdefault("pgd", {"eps": [], "rate": []})
-            if c["attacked"]:
-                pts["eps"].append(float(c["eps"]))
-                pts["rate"].append(_rate(c))
-            label, b50, b90 = f"pgd @ {c['eps']:g}", None, None
-        else:
-            curve[c["attack"]] = {"norms": c["norms"].tolist(), "success": c["success"].tolist()}
-            label = f"{c['attack']} (minimal)"
-            b50 = _fmt(budget_at(c["norms"], c["success"], 0.5)) if c["attacked"] else None
-            b90 = _fmt(budget_at(c["norms"], c["success"], 0.9)) if c["attacked"] else None
-        table.append([c["goal"], NORM_NAMES[c["norm"]], label, c["attacked"], int(c["success"].sum()),
-                      _fmt(_rate(c), 3), c["already"], c["n"] - c["attacked"] - c["already"],
-                      _fmt(_median_ok(c)), b50, b90, _fmt(c["ms"], 2)])  # fmt: skip
-
-    figures = []
-    for goal in [g for g in GOALS if g in curves]:
-        fig = plot_robustness_curves(curves[goal], title=GOAL_TITLES.get(goal, goal))
-        name = f"curves_{goal}.png"
-        save_png(fig, exp_dir / name)
-        kinds = {a for per_norm in curves[goal].values() for a in per_norm}
-        what = [f"{a} (minimal) as a step curve" for a in ATTACKS if a in kinds and a != "pgd"]
-        if "pgd" in kinds:
-            what.append("PGD at fixed budgets as points")
-        figures.append({"path": name, "caption": (
-            f"Success rate over the attacked digits against the perturbation budget, "
-            f"{GOAL_TITLES.get(goal, goal)}; one panel per norm "
-            f"({', '.join(NORM_NAMES[n] for n in NORMS if n in curves[goal])}): "
-            f"{'; '.join(what)}.")})  # fmt: skip
-    examples = _examples(rows)
-    if examples:
-        per_goal: dict = {}
-        for goal, b, a in examples:
-            per_goal.setdefault(goal, []).append((b, a))
-        sel = [(g, b, a) for g, items in per_goal.items() for b, a in items[:2]]
-        fig = plot_before_after(np.stack([b for _, b, _ in sel]), np.stack([a for _, _, a in sel]),
-                                titles=[g for g, _, _ in sel])  # fmt: skip
-        save_png(fig, exp_dir / "examples.png")
-        figures.append({"path": "examples.png",
-                        "caption": f"Before / after / change for {len(sel)} successful L2 "
-                                   f"gradient attacks (minimal perturbations; up to 2 per goal: "
-                                   f"{', '.join(per_goal)})."})  # fmt: skip
-
-    def find(goal, norm, attack="gradient"):
-        for c in cells:
-            if (c["goal"], c["norm"], c["attack"]) == (goal, norm, attack) and c["attacked"]:
-                return c
-        return None
-
-    def said(c):
-        return f"{int(c['success'].sum())}/{c['attacked']} ({_rate(c):.0%})"
-
-    paper = []
-    if (c := find("dos", "l2")) is not None:
-        others = "; ".join(f"{NORM_NAMES[n]}: {said(o)}" for n in ("l1", "linf")
-                           if (o := find("dos", n)) is not None)
-        paper.append({
-            "claim": "Attack 1 on MNIST (784 dimensions): the local SciPy solvers (SLSQP, COBYLA) "
-                     "failed; SHGO and DE succeeded more often; most solvers needed 10-15 hours "
-                     "for the experiment (20 samples per setting)",
-            "measured": f"monitor-aware gradient attack (L2, minimal): {said(c)} of the attacked "
-                        f"digits, verified, at {c['ms']:.1f} ms per digit (one core)"
-                        + (f"; {others}" if others else ""),
-            "note": "the attacker sees the boxes: the box margin is piecewise linear with exact "
-                    "gradients, so a few dozen normalised gradient steps per sample suffice",
-        })  # fmt: skip
-    if (c := find("intrude", "l2")) is not None:
-        paper.append({
-            "claim": "Attack 2 (invalid -> valid) on MNIST: solved by SHGO / DE, failed by the "
-                     "local solvers",
-            "measured": f"{said(c)} of the attacked (rejected) digits, verified (L2, minimal), at "
-                        f"{c['ms']:.1f} ms per digit",
-            "note": "benchmarks/attacks.py compares with SLSQP (margin encoding) and DE on the "
-                    "same samples",
-        })  # fmt: skip
-    if (c := find("combined", "l1")) is not None:
-        paper.append({
-            "claim": "combined (misclassified and accepted): 100% over 300 samples with FGSM + "
-                     "SHGO L1 repair",
-            "measured": f"{said(c)} of the correctly classified digits directly with the "
-                        f"gradient attack (L1, minimal), no FGSM stage",
-            "note": "experiment 'combined' reproduces the paper's FGSM + repair pipeline",
-        })  # fmt: skip
-    n_by_goal = {g: len(v) for g, v in (cfg.get("samples") or {}).items()
-                 if g in {c["goal"] for c in cells}}
-    summary = {
+def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
+    """Summary data: per (goal, norm, attack[, budget]) the verified successes over the
+    attacked digits, the median norm, the budgets for 50% / 90% success; the table; timing."""
+    ok = sorted((r for r in rows if r.get("status") == "ok"), key=order)
+    if not ok:
+        raise BoxhackError(f"{ctx.exp_dir(NAME) / 'rows.jsonl'} has no finished rows of this "
+                           f"configuration; run the experiment first")  # fmt: skip
+    cells = [_numbers(cell(r)) for r in ok]
+    names = {"l1": "L1", "l2": "L2", "linf": "Linf"}
+    table = [[c["goal"], names[c["norm"]],
+              f"pgd @ {c['eps']:g}" if c["attack"] == "pgd" else f"{c['attack']} (minimal)",
+              c["attacked"], c["successes"], _fmt(c["rate"], 3), c["already"], c["not_eligible"],
+              _fmt(c["median"]), c["budget50"], c["budget90"], _fmt(c["ms"], 2)]
+             for c in cells]  # fmt: skip
+    goals = {c["goal"] for c in cells}
+    return {
         "name": NAME,
-        "title": TITLE,
-        "description": (
-            f"Monitor-aware white-box attacks on the {cfg.get('key', KEY)} MLP and its monitor "
-            f"({cfg.get('n_clusters', 1)} box(es) per class, tolerance {cfg.get('tolerance', 0.0):g}, "
-            f"layer relu2): for each goal and norm, the minimal-perturbation attacks (gradient "
-            f"= FMN-style MonitorAttack, orthogonal = Orthogonal-PGD-style) give every sample's "
-            f"smallest verified perturbation, PGD gives the success rate at fixed budgets. "
-            f"Digits per goal, a seeded class-balanced draw from the test split: "
-            + ", ".join(f"{g} {k} ({POOLS[g]})" for g, k in n_by_goal.items())
-            + ". Success rates and medians are over the digits actually attacked; a digit "
-            "whose goal already held is counted apart ('already met')."
-        ),
-        "config": {k: v for k, v in cfg.items() if k != "samples"},
+        "config": {k: v for k, v in config.items() if k not in ("samples", "keys")},
+        "digits": {g: len(v) for g, v in (config.get("samples") or {}).items() if g in goals},
+        "cells": cells,
         "tables": [{
             "title": "Success and perturbation size per goal, norm and attack (verified, over "
                      "the attacked digits); budget for 50% / 90% success from the minimal "
@@ -406,10 +267,23 @@ def summarise(out_dir, *, models_root=None, _keys=None) -> dict:
                         "budget 90%", "ms/sample"],
             "rows": table,
         }],
-        "figures": figures,
-        "paper": paper,
-        "timing": {"wall_s": float(sum(r["result"]["wall_s"] for r in rows)), "jobs": len(rows),
-                   "errors": n_err},
-    }
-    atomic_write_json(exp_dir / "summary.json", summary)
-    return summary
+        "timing": {"wall_s": float(sum(r["result"]["wall_s"] for r in ok)), "jobs": len(ok),
+                   "errors": len(rows) - len(ok)},
+    }  # fmt: skip
+
+
+EXPERIMENT = Experiment(
+    name=NAME,
+    title=TITLE,
+    description=(
+        "For each goal (dos, intrude, intrude-any, combined), norm (L1, L2, Linf) and attack "
+        "(gradient = minimal FMN-style, orthogonal = Orthogonal-PGD-style, pgd = fixed "
+        "budgets), the success rate against the perturbation budget on MNIST test digits "
+        "(quick: 12 digits per goal on the 3-class network, 3 goals, 2 PGD budgets)."
+    ),
+    options=OPTIONS,
+    configure=configure,
+    plan=plan,
+    job=job,
+    summarise=summarise,
+)

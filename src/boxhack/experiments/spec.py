@@ -55,6 +55,7 @@ __all__ = [
     "check_settings",
     "load_config_and_rows",
     "load_timing",
+    "option_values",
     "run_experiment",
     "run_jobs",
     "start_run",
@@ -99,6 +100,54 @@ class Option:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def value(self, given: Any, quick: bool) -> Any:
+        """``given`` (or, when it is ``None``, the default for the mode) converted to the
+        option's kind and checked against ``choices`` and ``minimum``; one clear
+        :class:`BoxhackError` otherwise."""
+        value = self.default_for(quick) if given is None else given
+        if value is None:
+            return None
+        if self.kind == "list":
+            items = ([v.strip() for v in value.split(",") if v.strip()]
+                     if isinstance(value, str) else value)  # fmt: skip
+            if not isinstance(items, (list, tuple)) or not items:
+                raise BoxhackError(f"option {self.name!r}: give one or more values (a list or "
+                                   f"a comma-separated string), got {value!r}")  # fmt: skip
+            return [self._check(self._convert(v, self.item)) for v in items]
+        return self._check(self._convert(value, self.kind))
+
+    def _convert(self, value: Any, kind: Any) -> Any:
+        if kind is bool:
+            words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in words:
+                return words[value.lower()]
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif kind in (int, float):
+            try:
+                number = math.nan if isinstance(value, bool) else float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if math.isfinite(number) and (kind is float or number.is_integer()):
+                return kind(number)
+        else:
+            return value
+        raise BoxhackError(
+            f"option {self.name!r}: {value!r} is not {'an' if kind is int else 'a'} "
+            f"{getattr(kind, '__name__', kind)}"
+        )
+
+    def _check(self, value: Any) -> Any:
+        if self.choices is not None and value not in self.choices:
+            raise BoxhackError(f"option {self.name!r}: unknown value {value!r}; choose from: "
+                               f"{', '.join(map(str, self.choices))}")  # fmt: skip
+        if self.minimum is not None and not value >= self.minimum:
+            raise BoxhackError(f"option {self.name!r} must be >= {self.minimum:g}, got {value!r}")
+        return value
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -138,6 +187,18 @@ def check_settings(settings: Settings) -> Settings:
     return Settings(quick=bool(settings.quick), seed=seed, n_jobs=n,
                     scheduler=settings.scheduler, progress=bool(settings.progress),
                     solve_timeout=timeout, client=settings.client)  # fmt: skip
+
+def option_values(
+    options: Sequence[Option], settings: Settings, given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every declared option's checked value (:meth:`Option.value`): the given one, else its
+    default for the mode (``settings.quick``). Unknown names are refused."""
+    known = {o.name for o in options}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise BoxhackError(f"no option(s) {', '.join(unknown)}; the options: "
+                           f"{', '.join(o.name for o in options) or '(none)'}")  # fmt: skip
+    return {o.name: o.value(given.get(o.name), settings.quick) for o in options}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, no window, ever
+
+from boxhack.report.projection import plot_projection
 
 # monitors drawn in figure 8, with colours: the cluster sweep in blues, tolerance in oranges
 _SHOWN = (
@@ -24,9 +27,7 @@ def figure8_monitors(monitors: Sequence[str]) -> list[tuple[str, str, str]]:
     return [s for s in _SHOWN if s[0] in monitors]
 
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
+def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -93,8 +94,6 @@ def plot_figure9(features_before, pred_before, acc_before, features_after, pred_
     """Two panels like the paper's figure 9: (a) the adversarial samples and the monitor's
     verdicts before the repair (arrows from the clean inputs when given), (b) after it
     (arrows from the adversarial samples). Rejected samples are drawn as stars."""
-    from boxhack.report.projection import plot_projection
-
     fig = _figure(13.0, 5.6)
     ax_a, ax_b = fig.subplots(1, 2)
     t = titles or ("(a) before the repair", "(b) after the repair")

@@ -5,6 +5,9 @@ Two kinds of curves from attack results:
 - from a *minimal* attack: each sample's smallest successful perturbation ``r_i`` (``inf`` when
   it failed); the success rate at budget ``eps`` is ``mean(r_i <= eps)`` -- a step curve;
 - from a *budget* attack run at a grid of budgets: one success rate per budget -- points.
+
+(The budget at which a minimal attack reaches a success rate, a number of the summary, is
+:func:`boxhack.experiments.gradient.budget_at`.)
 """
 
 from __future__ import annotations
@@ -15,14 +18,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no window, ever
 
+from boxhack.infra.files import atomic_path
+
 NORM_LABELS = {"l1": "L1", "l2": "L2", "linf": "L$\\infty$"}
 _COLORS = {"gradient": "C0", "orthogonal": "C1", "pgd": "C2", "pgd-orthogonal": "C3"}
 
 
 def save_png(fig, path, dpi: int = 110) -> None:
     """Write ``fig`` as a PNG at ``path`` atomically (temporary file, then rename)."""
-    from boxhack.infra.files import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fig.savefig(fh, format="png", dpi=dpi)
 
@@ -34,15 +37,6 @@ def success_curve(norms, success, eps) -> np.ndarray:
     if len(r) == 0:
         return np.full(eps.shape, np.nan)
     return (r[None, :] <= eps[:, None]).mean(1)
-
-
-def budget_at(norms, success, rate: float) -> float:
-    """Smallest budget at which a minimal attack reaches success ``rate`` (``inf`` if never)."""
-    r = np.sort(np.where(np.asarray(success, bool), np.asarray(norms, float), np.inf))
-    if len(r) == 0:
-        return math.inf
-    k = math.ceil(rate * len(r)) - 1
-    return float(r[max(k, 0)])
 
 
 def plot_robustness_curves(

@@ -155,10 +155,8 @@ def test_save_writes_the_exact_inputs_and_verify_rechecks_them(xor_setup, cmd, t
     info = json.loads((s["a"] / "model.json").read_text())
     assert record["model"]["sha256"] == info["sha256"]
     assert record["monitor"]["path"] == str(s["monitor"].resolve())  # outside: absolute
-    if cmd == "optimise":
-        assert len(json.loads(out.read_text())["rows"]) == 4
-    else:
-        assert len(out.read_text().splitlines()) == 4
+    rows = [json.loads(line) for line in out.read_text().splitlines()]  # --out: JSONL, all three
+    assert len(rows) == 4 and all("index" in r and "success" in r for r in rows)
     assert main(["verify", str(saved)]) == 0
     assert f"{n_success} stored successes re-checked: {n_success} hold" in capsys.readouterr().out
 

@@ -40,7 +40,7 @@ def _handler(args) -> int:
         options["attacks"] = [a.strip() for a in args.attacks.split(",") if a.strip()]
     summary = adversarial.run(args.out, quick=args.quick, n_jobs=args.jobs,
                               scheduler=args.scheduler, seed=args.seed,
-                              progress=not args.no_progress, models_root=args.models_root,
+                              progress=not args.quiet, models_root=args.models_root,
                               **options)  # fmt: skip
     table = summary["tables"][0]
     print(table["title"])

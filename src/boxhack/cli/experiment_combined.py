@@ -58,7 +58,7 @@ def _handler(args) -> int:
             raise BoxhackError("--space is for the SciPy repairs (--repair slsqp or shgo)")
         options["repair_options"] = {"space": args.space}
     summary = combined.run(args.out, quick=args.quick, n_jobs=args.jobs, scheduler=args.scheduler,
-                           seed=args.seed, progress=not args.no_progress,
+                           seed=args.seed, progress=not args.quiet,
                            models_root=args.models_root, **options)  # fmt: skip
     for table in summary["tables"]:
         print(table["title"])

@@ -40,7 +40,7 @@ def _handler(args) -> int:
     options = {k: v for k, v in (("n", args.n), ("goals", args.goals), ("norms", args.norms),
                                  ("attacks", args.attacks)) if v is not None}
     summary = gradient.run(args.out, quick=args.quick, n_jobs=args.jobs, scheduler=args.scheduler,
-                           seed=args.seed, progress=not args.no_progress,
+                           seed=args.seed, progress=not args.quiet,
                            models_root=args.models_root, **options)  # fmt: skip
     for table in summary["tables"]:
         print(table["title"])

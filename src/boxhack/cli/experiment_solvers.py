@@ -54,7 +54,7 @@ def _handler(args) -> int:
             options[name] = value
     summary = solvers.run(
         args.out, quick=args.quick, n_jobs=args.jobs, scheduler=args.scheduler, seed=args.seed,
-        progress=not args.no_progress, models_root=args.models_root,
+        progress=not args.quiet, models_root=args.models_root,
         solve_timeout=args.solve_timeout, **options,
     )  # fmt: skip
     for table in summary["tables"][:-1]:

@@ -1,17 +1,18 @@
-"""``boxhack data``: inspect the data sets boxhack can load."""
+"""``boxhack data info``: inspect the data sets boxhack can load."""
 
 from __future__ import annotations
 
 import json
 
-from boxhack.cli.common import nonneg_int
+from boxhack.cli.common import add_group, nonneg_int
 from boxhack.data import DATASETS, load_dataset
 
 
 def register(sub) -> None:
-    p = sub.add_parser("data", help="inspect data sets", description="Inspect data sets.")
-    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    dsub.required = True
+    add_group(sub, "data", "inspect data sets", "Inspect data sets.", _register_info)
+
+
+def _register_info(dsub) -> None:
     info = dsub.add_parser(
         "info",
         help="shapes, ranges and class balance of a data set",
@@ -21,8 +22,8 @@ def register(sub) -> None:
     info.add_argument("--classes", default=None, help="class subset, e.g. 0-4 or 0,1,2 (default: all)")
     info.add_argument("--data-dir", default=None, help="folder with IDX files (full MNIST / Fashion-MNIST)")
     info.add_argument("--split-seed", type=nonneg_int, default=0,
-                      help="seed of the train/test split")
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+                      help="seed of the train/test split (default 0)")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(handler=_info)
 
 

@@ -39,7 +39,8 @@ FOOLBOX_ATTACKS = ("fgsm", "fgm-l2", "pgd-linf", "pgd-l2", "deepfool-linf", "dee
 GRADIENT_METHODS = ("gradient", "orthogonal")
 MODES = ("minimal", "budget")
 START_WORDS = {
-    "optimise": "correctly classified and accepted ones for dos, rejected ones for intrude*",
+    "optimise": "correctly classified and accepted ones for dos, rejected ones for intrude*, "
+                "correctly classified ones for combined",
     "adversarial": "correctly classified ones",
     "gradient": "correctly classified and accepted ones for dos, rejected ones for intrude*, "
                 "correctly classified ones for combined",
@@ -140,17 +141,19 @@ def _register_optimise(asub) -> None:
             "Solve the paper's optimisation attacks on test inputs: Attack 1 (goal dos) finds the "
             "closest input with the same prediction that the monitor rejects (from an accepted "
             "input), Attack 2 (goal intrude) the closest input with the same prediction that it "
-            "accepts (from a rejected one). L1 (auxiliary variables) or L2 distance; SciPy's "
-            "SLSQP, COBYLA, SHGO or differential evolution; each solve in its own process under "
-            "a time and memory limit, on the CPU. Every result is re-checked with the exact "
-            "model and monitor."
+            "accepts (from a rejected one); goal combined: misclassified and accepted. L1 "
+            "(auxiliary variables) or L2 distance; SciPy's SLSQP, COBYLA, SHGO or differential "
+            "evolution; each solve in its own process under a time and memory limit, on the CPU. "
+            "Every result is re-checked with the exact model and monitor."
         ),
     )
     add_target_args(p)
-    add_goal_args(p, ("dos", "intrude", "intrude-any"), "dos", "what the attack must achieve")
+    add_goal_args(p, ("dos", "intrude", "intrude-any", "combined"), "dos",
+                  "what the attack must achieve")
     p.add_argument("--norm", default="l2", type=str.lower, choices=("l1", "l2"),
                    help="distance to minimise (default l2)")
-    p.add_argument("--solver", default="slsqp", choices=SOLVERS, help="SciPy solver (default slsqp)")
+    p.add_argument("--solver", default="slsqp", choices=SOLVERS,
+                   help="SciPy solver (default slsqp)")
     p.add_argument("--encoding", default="margin", choices=ENCODINGS,
                    help="constraints as continuous margins with gradients (default) or the "
                         "paper-literal 0/1 indicators")
@@ -413,8 +416,9 @@ def _gradient(args) -> int:
                   else f"; median L2 of the successes {summary['median_l2']:.4g}")  # fmt: skip
         cols = ["index", "success", "eligible", "already", "pred0", "pred", "accepted0",
                 "accepted", "l1", "l2", "linf"]
-        _print_rows(args, rows, cols, f"{attacked_line(result)} ({summary['attack']}, "
-                                      f"{args.goal}, {args.norm}, {args.mode}){median}")  # fmt: skip
+        last = (f"{attacked_line(result)} ({summary['attack']}, {args.goal}, {args.norm}, "
+                f"{args.mode}){median}")  # fmt: skip
+        _print_rows(args, rows, cols, last)
     _wrote(args)
     return 0
 

@@ -154,7 +154,8 @@ def add_target_args(p, *, monitor: bool = True, data: bool = True, device: bool 
                     novel: bool = False) -> None:
     """The options naming a target (see :func:`boxhack.workflow.target.load_target`)."""
     p.add_argument("--model", required=True,
-                   help="a boxhack model directory, a TorchScript file, or package.module:ClassName")
+                   help="a boxhack model directory, a TorchScript file, or "
+                        "package.module:ClassName")
     p.add_argument("--weights", default=None, help="state-dict file for the ClassName form")
     if monitor:
         p.add_argument("--monitor", required=True,
@@ -196,7 +197,8 @@ def add_sample_args(p, *, default_n: int | None, what: str) -> None:
                      help=f"attack a seeded, class-balanced sample of N test inputs the goal can "
                           f"start from ({what}; default {default})")
     sel.add_argument("--index", type=comma_list(nonneg_int), action="extend", default=None,
-                     metavar="I[,J...]", help="attack these test inputs (comma-separated or repeated)")
+                     metavar="I[,J...]",
+                     help="attack these test inputs (comma-separated or repeated)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the sample (--n) and of the attack's randomness (default 0)")
     p.set_defaults(default_n=default_n)

@@ -186,7 +186,8 @@ def _evaluate(args) -> int:
     else:
         print_table(_metric_rows(metrics), file=sys.stdout)
     if out:
-        print(f"-> {write_json(out, metrics)}", file=sys.stderr if args.json is True else sys.stdout)
+        where = sys.stderr if args.json is True else sys.stdout  # stdout: only the JSON
+        print(f"-> {write_json(out, metrics)}", file=where)
     return 0
 
 

@@ -33,9 +33,12 @@ def register(sub) -> None:
         description=f"Train a network reproducibly (same seed -> same weights). Networks: {nets}.",
     )
     p.add_argument("--net", required=True, choices=list(NETWORKS), help="network architecture")
-    p.add_argument("--data", default=None, help="data set (default: the network's own: mnist, xor or tanh)")
-    p.add_argument("--classes", default=None, help="class subset, e.g. 0-9, 0-4, 0,1 (default: all)")
-    p.add_argument("--data-dir", default=None, help="folder with IDX files (full MNIST / Fashion-MNIST)")
+    p.add_argument("--data", default=None,
+                   help="data set (default: the network's own: mnist, xor or tanh)")
+    p.add_argument("--classes", default=None,
+                   help="class subset, e.g. 0-9, 0-4, 0,1 (default: all)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with IDX files (full MNIST / Fashion-MNIST)")
     p.add_argument("--split-seed", type=nonneg_int, default=0,
                    help="seed of the train/test split (default 0)")
     p.add_argument("--epochs", type=positive_int, default=None,
@@ -43,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate (default per network)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of initialisation and shuffling")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of initialisation and shuffling")
     add_device_arg(p)
     p.add_argument("--out", required=True, help="output directory for model.pt and model.json")
     add_quiet_arg(p)

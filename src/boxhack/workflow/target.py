@@ -278,12 +278,14 @@ def _check_model_runs(target: Target) -> None:
     try:
         with torch.no_grad():
             out = target.model(x)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:  # a shape the model does not take
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BoxhackError(f"model {target.model_name} does not run on inputs of shape "
-                           f"{tuple(x.shape[1:])}: {str(exc).splitlines()[0]}") from None  # fmt: skip
-    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] != target.dataset.n_classes:
+                           f"{tuple(x.shape[1:])}: {first}") from None  # fmt: skip
+    n_classes = target.dataset.n_classes
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] != n_classes:
         raise BoxhackError(f"model {target.model_name} has {int(out.shape[1])} outputs, the data "
-                           f"{target.dataset.n_classes} classes; pass the model's --classes")
+                           f"{n_classes} classes; pass the model's --classes")
 
 
 def check_target(target: Target) -> None:
@@ -293,7 +295,8 @@ def check_target(target: Target) -> None:
     if target.monitor is not None:
         check_compatible(target.monitor, target.model, target.info,
                          example=None if data is None else data.x_test[:1],
-                         monitor_name=target.monitor_name, model_name=target.model_name)  # fmt: skip
+                         monitor_name=target.monitor_name,
+                         model_name=target.model_name)  # fmt: skip
         if data is not None and data.n_classes != target.monitor.n_classes_:
             raise BoxhackError(f"the data has {data.n_classes} classes, the monitor "
                                f"{target.monitor.n_classes_}; pass the model's --classes")

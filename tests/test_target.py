@@ -63,14 +63,14 @@ def test_a_spec_and_keywords_are_the_same_target(xor):
 
 def test_target_errors_are_one_clear_line(xor, tmp_path):
     cases = [
-        (dict(model=str(tmp_path / "none")), "not found: give a boxhack model directory"),
-        (dict(model=str(xor["model"]), weights="w.pt"), "--weights is for the package"),
-        (dict(model=str(xor["model"]), data="mnist", classes="0-1"), "does not run on inputs"),
-        (dict(model=str(xor["model"]), classes="0"), "2 outputs, the data 1 classes"),
-        (dict(model=str(xor["model"]), monitor=str(xor["monitor"]), novel_classes="1"),
+        ({"model": str(tmp_path / "none")}, "not found: give a boxhack model directory"),
+        ({"model": str(xor["model"]), "weights": "w.pt"}, "--weights is for the package"),
+        ({"model": str(xor["model"]), "data": "mnist", "classes": "0-1"}, "does not run on inputs"),
+        ({"model": str(xor["model"]), "classes": "0"}, "2 outputs, the data 1 classes"),
+        ({"model": str(xor["model"]), "monitor": str(xor["monitor"]), "novel_classes": "1"},
          "novel classes [1] are classes the model knows"),
-        (dict(model=str(xor["model"]), device="tpu"), "--device"),
-        (dict(model=str(xor["model"]), data="cifar"), "unknown data set 'cifar'"),
+        ({"model": str(xor["model"]), "device": "tpu"}, "--device"),
+        ({"model": str(xor["model"]), "data": "cifar"}, "unknown data set 'cifar'"),
     ]
     for options, message in cases:
         with pytest.raises(BoxhackError, match=None) as exc:

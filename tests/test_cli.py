@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -155,10 +156,8 @@ def test_save_writes_the_exact_inputs_and_verify_rechecks_them(xor_setup, cmd, t
     info = json.loads((s["a"] / "model.json").read_text())
     assert record["model"]["sha256"] == info["sha256"]
     assert record["monitor"]["path"] == str(s["monitor"].resolve())  # outside: absolute
-    if cmd == "optimise":
-        assert len(json.loads(out.read_text())["rows"]) == 4
-    else:
-        assert len(out.read_text().splitlines()) == 4
+    rows = [json.loads(line) for line in out.read_text().splitlines()]  # --out: JSONL, all three
+    assert len(rows) == 4 and all("index" in r and "success" in r for r in rows)
     assert main(["verify", str(saved)]) == 0
     assert f"{n_success} stored successes re-checked: {n_success} hold" in capsys.readouterr().out
 
@@ -339,3 +338,142 @@ def test_verify_bad_input(tmp_path, capsys):
         from boxhack.experiments.recheck import verify_path
 
         verify_path(tmp_path)
+
+
+# ------------------------------------------------------------------ one spelling per option
+def _parse(argv):
+    from boxhack.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_the_clis_copies_of_library_names_agree_with_the_library():
+    """The CLI keeps a few names of the library so that --help does not import torch."""
+    from boxhack.attacks import adversarial, base, optimisation
+    from boxhack.cli import attack, common, train
+    from boxhack.models.zoo import NETWORKS
+
+    assert common.GOALS == base.GOALS and common.PAPER_ALIASES == base.PAPER_ALIASES
+    assert {k: spec.description for k, (spec, _) in NETWORKS.items()} == train.NETWORKS
+    assert attack.SOLVERS == optimisation.SOLVERS and attack.ENCODINGS == optimisation.ENCODINGS
+    for name in attack.FOOLBOX_ATTACKS:
+        adversarial.get_spec(name)
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom boxhack.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'scipy' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+
+
+TARGET_COMMANDS = [["attack", "gradient"], ["attack", "adversarial"], ["attack", "optimise"],
+                   ["monitor", "evaluate"]]
+
+
+@pytest.mark.parametrize("cmd", TARGET_COMMANDS, ids=" ".join)
+def test_every_target_command_takes_the_same_target_options(cmd):
+    args = _parse([*cmd, "--model", "m", "--weights", "w", "--monitor", "x", "--data", "mnist",
+                   "--classes", "0-2", "--data-dir", "d", "--split-seed", "3"])
+    assert (args.model, args.weights, args.monitor, args.data, args.classes, args.data_dir,
+            args.split_seed) == ("m", "w", "x", "mnist", "0-2", "d", 3)
+
+
+@pytest.mark.parametrize("cmd", [["attack", "gradient"], ["attack", "optimise"]], ids=" ".join)
+def test_goal_and_the_papers_attack_numbers_are_one_option(cmd):
+    base = [*cmd, "--model", "m", "--monitor", "x"]
+    assert _parse(base).goal == "dos"
+    for alias, goal in (("1", "dos"), ("2", "intrude"), ("2-any", "intrude-any")):
+        assert _parse([*base, "--attack", alias]).goal == goal
+        assert _parse([*base, "--goal", alias]).goal == goal
+        assert _parse([*base, "--goal", goal]).goal == goal
+
+
+def test_old_spellings_stay_as_hidden_aliases():
+    adv = ["attack", "adversarial", "--model", "m", "--monitor", "x"]
+    args = _parse([*adv, "--attack", "pgd-linf", "--criterion", "combined"])
+    assert (args.method, args.goal) == ("pgd-linf", "combined")
+    args = _parse([*adv, "--method", "pgd-linf", "--goal", "combined"])
+    assert (args.method, args.goal) == ("pgd-linf", "combined")
+    grad = ["attack", "gradient", "--model", "m", "--monitor", "x"]
+    assert _parse(grad).method == "gradient"
+    assert _parse([*grad, "--orthogonal"]).method == _parse([*grad, "--method", "orthogonal"]).method
+    assert _parse(["monitor", "fit", "--model", "m", "--dataset", "xor"]).data == "xor"
+    exp = ["experiment", "gradient", "--out", "x"]
+    assert _parse([*exp, "--no-progress"]).quiet and _parse([*exp, "-q"]).quiet
+    assert not _parse(exp).quiet
+    assert _parse(["train", "--net", "xor-mlp", "--out", "o", "--quiet"]).quiet
+
+
+def test_lists_are_comma_separated_or_repeated():
+    grad = ["attack", "gradient", "--model", "m", "--monitor", "x"]
+    assert _parse([*grad, "--index", "3,5", "--index", "7"]).index == [3, 5, 7]
+    fit = _parse(["monitor", "fit", "--model", "m", "--layer", "fc2,relu2", "--layer", "fc1"])
+    assert fit.layer == ["fc2", "relu2", "fc1"]
+    adv = _parse(["attack", "adversarial", "--model", "m", "--monitor", "x", "--param",
+                  "steps=100,stepsize=0.01", "--param", "abort_early=false"])
+    assert adv.param == [("steps", 100), ("stepsize", 0.01), ("abort_early", False)]
+    assert _parse([*grad, "--norm", "Linf"]).norm == "linf"
+
+
+@pytest.mark.parametrize("argv", [
+    ["attack", "gradient", "--model", "m", "--monitor", "x", "--goal", "misclassify"],
+    ["attack", "optimise", "--model", "m", "--monitor", "x", "--attack", "3"],
+    ["attack", "adversarial", "--model", "m", "--monitor", "x", "--goal", "dos"],
+    ["attack", "gradient", "--model", "m", "--monitor", "x", "--index", "1,,x"],
+], ids=lambda a: " ".join(a[:2] + a[-2:]))
+def test_bad_goals_and_lists_are_one_line_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"argument {argv[-2]}" in err, err
+
+
+# ------------------------------------------------------------------ a model that is not a directory
+@pytest.fixture(scope="module")
+def scripted_xor(xor_setup):
+    """The first XOR network saved as a TorchScript file, so it records no data set."""
+    import torch
+
+    from boxhack.models.io import load_model
+
+    model, _ = load_model(xor_setup["a"])
+    path = xor_setup["root"] / "xor.pt"
+    with warnings.catch_warnings():  # torch deprecates TorchScript; boxhack still reads it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
+def test_a_user_model_is_attacked_with_data(xor_setup, scripted_xor, tmp_path, capsys):
+    monitor = tmp_path / "m.npz"
+    fit = ["monitor", "fit", "--model", str(scripted_xor), "--layer", "relu2", "--clusters", "2",
+           "--out", str(monitor)]
+    assert main(fit) == 2  # a TorchScript file records no data set
+    assert "does not record its data set; pass --data" in capsys.readouterr().err
+    assert main([*fit, "--data", "xor"]) == 0
+    capsys.readouterr()
+    argv = ["attack", "gradient", "--model", str(scripted_xor), "--monitor", str(monitor),
+            "--n", "4", "--steps", "5"]
+    assert main([*argv, "--data", "xor", "--json"]) == 0
+    named = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--json"]) == 0  # the data set the monitor recorded
+    assert json.loads(capsys.readouterr().out) | {"wall_s": 0, "samples_per_s": 0} == \
+        named | {"wall_s": 0, "samples_per_s": 0}
+    assert named["n"] == 4
+    assert main([*argv, "--data", "xor", "--save", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a boxhack model directory" in err and len(err.splitlines()) == 1
+    assert main(["monitor", "evaluate", "--model", str(scripted_xor), "--monitor",
+                 str(monitor), "--json"]) == 0  # the data set the monitor recorded
+    assert json.loads(capsys.readouterr().out)["dataset"] == "xor"
+
+
+def test_data_of_other_classes_is_refused(xor_setup, capsys):
+    s = xor_setup
+    argv = ["attack", "gradient", "--model", str(s["a"]), "--monitor", str(s["monitor"]),
+            "--data", "mnist", "--classes", "0-1", "--n", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not run on inputs of shape (1, 28, 28)" in err and len(err.splitlines()) == 1

@@ -424,15 +424,15 @@ def test_cli_attack_optimise(xor, tmp_path, capsys):
         "attack", "optimise", "--model", str(root / "models" / "xor"),
         "--monitor", str(monitor_path(root, "xor", 1, 0.0, "relu2")),
         "--attack", "1", "--norm", "l2", "--solver", "slsqp", "--n", "2",
-        "--maxiter", "50", "--out", str(out), "--png", str(png),
+        "--maxiter", "50", "--out", str(out), "--png", str(png), "--json",
     ])  # fmt: skip
     assert code == 0
-    doc = json.loads(out.read_text())
-    assert doc["settings"]["solver"] == "slsqp" and len(doc["rows"]) == 2
+    doc = json.loads(capsys.readouterr().out)  # --json: the summary; --out: JSONL rows
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert doc["settings"]["solver"] == "slsqp" and len(rows) == 2 == doc["n"]
     assert doc["settings"]["budget"]["solver"] == {"maxiter": 50}
-    assert all(r["outcome"] in ("success", "failed") for r in doc["rows"])
+    assert all(r["outcome"] in ("success", "failed") for r in rows)
     assert png.stat().st_size > 1000
-    assert "verified attacks" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # argparse rejects an unknown solver
         main(["attack", "optimise", "--model", str(root / "models" / "xor"),
               "--monitor", str(monitor_path(root, "xor", 1, 0.0, "relu2")), "--solver", "bogus"])

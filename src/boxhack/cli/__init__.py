@@ -1,24 +1,31 @@
 """The ``boxhack`` command: a thin argparse layer over the library.
 
-Each command group lives in its own module ``boxhack.cli.<group>_cmd`` exposing
-``register(subparsers)``; a command handler receives the parsed ``argparse.Namespace``
-and returns an exit code. User errors (``BoxhackError``) print one line and exit 2.
+One module per command group, each exposing ``register(subparsers)``; a handler receives the
+parsed ``argparse.Namespace``, calls the library and prints, and returns an exit code. User
+errors (``BoxhackError``) print one line and exit 2. Shared options: :mod:`boxhack.cli.common`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import warnings
 
 from boxhack import __version__
+from boxhack.cli import (
+    attack,
+    data,
+    experiment,
+    monitor,
+    report,
+    reproduce,
+    train,
+    verify,
+)
 from boxhack.errors import BoxhackError
 
-# Order = order in --help.
-COMMAND_GROUPS = ("data", "train", "monitor", "attack", "experiment", "reproduce", "report",
-                  "verify")
-_MODULES = {"experiment": "experiment"}  # groups whose module is not <group>_cmd
+#: the command groups, in the order of --help
+COMMANDS = (data, train, monitor, attack, experiment, reproduce, report, verify)
 
 
 class BoxhackParser(argparse.ArgumentParser):
@@ -39,15 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"boxhack {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in COMMAND_GROUPS:
-        name = _MODULES.get(group, f"{group}_cmd")
-        try:
-            module = importlib.import_module(f"boxhack.cli.{name}")
-        except ModuleNotFoundError as exc:  # a group not built yet
-            if exc.name == f"boxhack.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

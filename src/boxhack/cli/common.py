@@ -1,4 +1,29 @@
-"""Small helpers shared by the CLI command modules."""
+"""What the command modules share: one spelling and one meaning per option, and the output
+helpers.
+
+==================  ==========================================================================
+``--model``         a boxhack model directory, a TorchScript file, or package.module:ClassName
+``--weights``       the state dict of the ClassName form
+``--monitor``       a monitor file (any abstraction)
+``--data``          a data set (default: the one the model, else the monitor, recorded)
+``--classes``       the model's classes, e.g. ``0-4`` or ``0,1,2`` (default: recorded)
+``--data-dir``      folder with IDX files; ``--split-seed``: seed of the train/test split
+``--device``        torch device where a command can use one (default cpu)
+``--goal``          dos | intrude | intrude-any | intrude-target | combined | misclassify, or the
+                    paper's ``--attack 1|2|2-any`` (:func:`boxhack.attacks.base.resolve_goal`)
+``--n``/``--index`` a seeded class-balanced sample of N inputs the goal starts from / these
+                    test inputs (comma-separated or repeated)
+``--seed``          the seed of the sample and of the command's randomness
+``--eps``/``--norm``  the perturbation budget and its norm
+``--out``           the results as JSON: one JSON row per input (JSONL) for the attacks
+``--save``          the inputs found, exactly (``boxhack verify FILE``)
+``--json``          print the summary as JSON instead of a table
+``-q/--quiet``      no progress output (``--no-progress``: hidden alias where it existed)
+==================  ==========================================================================
+
+Lists are comma-separated everywhere (a list option may also be repeated). The library is
+imported inside the functions that use it: that keeps ``boxhack --help`` from importing torch.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +31,22 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+
 from boxhack.errors import BoxhackError
+from boxhack.infra.files import atomic_write, check_output_dir
+from boxhack.infra.jsonl import encode_row
+
+#: the goals of boxhack.attacks.base.GOALS and its paper aliases, here so that building the
+#: parser does not import torch (tests/test_cli.py checks they agree)
+GOALS = ("dos", "intrude", "intrude-any", "intrude-target", "combined", "misclassify")
+PAPER_ALIASES = {"1": "dos", "2": "intrude", "2-any": "intrude-any"}
 
 
-# ------------------------------------------------------------------ checked numeric options
+# ------------------------------------------------------------------ checked option values
 def _number(kind, text: str, *, minimum=None, above=None, maximum=None):
     try:
         value = kind(text)
@@ -54,12 +89,205 @@ def fraction(text: str) -> float:
     return _number(float, text, minimum=0, maximum=1)
 
 
-# ------------------------------------------------------------------ output paths
+def eps_value(text: str) -> float | None:
+    """argparse type: a perturbation budget >= 0, or ``none`` (no budget: minimal attacks)."""
+    if text.strip().lower() in ("none", "min", "minimal"):
+        return None
+    value = _number(float, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"epsilon must be a finite number >= 0, got {text}")
+    return value
+
+
+def comma_list(item: Callable[[str], object] = str, choices: Iterable[str] | None = None):
+    """argparse type: a comma-separated list of ``item`` values (each among ``choices``).
+    Use with ``action="extend"`` so that the option may also be repeated."""
+    allowed = None if choices is None else tuple(choices)
+
+    def parse(text: str) -> list:
+        parts = [p.strip() for p in str(text).split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        if allowed is not None:
+            bad = [p for p in parts if p not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice {bad[0]!r} (choose from {', '.join(allowed)})")
+        return [item(p) for p in parts]
+
+    parse.__name__ = getattr(item, "__name__", "value")  # argparse names the type in errors
+    return parse
+
+
+def goal_type(allowed: Iterable[str]):
+    """argparse type: a goal among ``allowed``, or its paper alias (``1`` -> ``dos``)."""
+    allowed = tuple(allowed)
+
+    def parse(text: str) -> str:
+        goal = PAPER_ALIASES.get(text.strip().lower(), text.strip().lower())
+        if goal not in allowed:
+            aliases = [f"{k}={v}" for k, v in PAPER_ALIASES.items() if v in allowed]
+            extra = f" (paper aliases: {', '.join(aliases)})" if aliases else ""
+            raise argparse.ArgumentTypeError(
+                f"invalid goal {text!r}: choose from {', '.join(allowed)}{extra}")
+        return goal
+
+    parse.__name__ = "goal"
+    return parse
+
+
+# ------------------------------------------------------------------ shared options
+def add_goal_args(p, goals: Iterable[str], default: str, help: str) -> None:
+    """``--goal`` (any of ``goals``) and, where the paper's aliases apply, ``--attack 1|2|2-any``
+    (the same option in the paper's words)."""
+    goals = tuple(goals)
+    p.add_argument("--goal", type=goal_type(goals), default=default, metavar="GOAL",
+                   help=f"{help}: {', '.join(goals)} (default {default})")
+    aliases = [k for k, v in PAPER_ALIASES.items() if v in goals]
+    if aliases:
+        words = ", ".join(f"{k} = {PAPER_ALIASES[k]}" for k in aliases)
+        p.add_argument("--attack", dest="goal", type=goal_type(goals), metavar="|".join(aliases),
+                       help=f"the goal in the paper's words (Attack 1 / Attack 2): {words}")
+
+
+def add_target_args(p, *, monitor: bool = True, data: bool = True, device: bool = False,
+                    novel: bool = False) -> None:
+    """The options naming a target (see :func:`boxhack.workflow.target.load_target`)."""
+    p.add_argument("--model", required=True,
+                   help="a boxhack model directory, a TorchScript file, or "
+                        "package.module:ClassName")
+    p.add_argument("--weights", default=None, help="state-dict file for the ClassName form")
+    if monitor:
+        p.add_argument("--monitor", required=True,
+                       help="monitor file (.npz) written by `boxhack monitor fit`")
+    if data:
+        p.add_argument("--data", default=None, metavar="NAME",
+                       help="data set (default: the one recorded with the model or the monitor)")
+        p.add_argument("--dataset", dest="data", help=argparse.SUPPRESS)  # the old spelling
+        p.add_argument("--classes", default=None,
+                       help="the model's classes, e.g. 0-4 or 0,1,2 (default: recorded)")
+        p.add_argument("--data-dir", default=None, help="folder with IDX files")
+        p.add_argument("--split-seed", type=nonneg_int, default=None,
+                       help="seed of the train/test split (default: recorded, else 0)")
+    if novel:
+        p.add_argument("--novel-classes", default=None,
+                       help="classes the model never saw, e.g. 5-9 (their inputs are used)")
+    if device:
+        add_device_arg(p)
+
+
+def add_device_arg(p) -> None:
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+
+
+def load_target_args(args, *, need_data: bool = True):
+    """The :class:`~boxhack.workflow.target.Target` the options of :func:`add_target_args`
+    name: every option whose name is a field of ``TargetSpec`` is passed on."""
+    from boxhack.workflow.target import TargetSpec, load_target  # keeps --help fast (torch)
+
+    options = {k: getattr(args, k) for k in TargetSpec.options() if hasattr(args, k)}
+    return load_target(need_data=need_data, **options)
+
+
+def add_sample_args(p, *, default_n: int | None, what: str) -> None:
+    """``--n`` / ``--index`` (one of them) and ``--seed``."""
+    sel = p.add_mutually_exclusive_group()
+    default = "all of them" if default_n is None else str(default_n)
+    sel.add_argument("--n", type=positive_int, default=None,
+                     help=f"attack a seeded, class-balanced sample of N test inputs the goal can "
+                          f"start from ({what}; default {default})")
+    sel.add_argument("--index", type=comma_list(nonneg_int), action="extend", default=None,
+                     metavar="I[,J...]",
+                     help="attack these test inputs (comma-separated or repeated)")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the sample (--n) and of the attack's randomness (default 0)")
+    p.set_defaults(default_n=default_n)
+
+
+def pick_inputs(args, target, goal: str):
+    """The test indices ``--index`` / ``--n`` / ``--seed`` name for ``goal``
+    (:func:`boxhack.workflow.target.select_inputs`), with a note when fewer are eligible."""
+    from boxhack.workflow.target import START_STATES, select_inputs  # keeps --help fast (torch)
+
+    n = args.default_n if args.n is None else args.n
+    idx = select_inputs(target.model, target.monitor, target.dataset, goal, n=n,
+                        index=args.index, seed=args.seed)  # fmt: skip
+    if args.index is None and n is not None and len(idx) < n:
+        print(f"boxhack: note: only {len(idx)} test inputs are {START_STATES[goal]} "
+              f"(goal {goal!r}); attacking those", file=sys.stderr)  # fmt: skip
+    return idx
+
+
+def add_output_args(p) -> None:
+    """``--out`` (JSON rows), ``--save`` (exact inputs), ``--png``, ``--json``."""
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the results to FILE as JSON, one row per input (JSONL)")
+    p.add_argument("--save", default=None, metavar="FILE",
+                   help="write the inputs found, exactly, to this .npz (re-check it with "
+                        "`boxhack verify FILE`)")
+    p.add_argument("--png", default=None, metavar="FILE",
+                   help="draw the inputs before and after the attack to this PNG")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def check_output_args(args, options: Iterable[str] = ("out", "save", "png")) -> None:
+    """Refuse output files that cannot be written before any work is done."""
+    for name in options:
+        path = getattr(args, name, None)
+        if path:
+            check_output_file(path, f"--{name}")
+
+
+def add_quiet_arg(p, *, no_progress_alias: bool = False) -> None:
+    """``-q/--quiet``: no progress output (``--no-progress``, hidden, where it existed)."""
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress lines")
+    if no_progress_alias:
+        p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+
+
+def add_campaign_args(parser) -> None:
+    """The flags every campaign command shares (``experiment NAME`` and ``reproduce``):
+    ``--jobs``, ``--scheduler``, ``--seed``, ``--solve-timeout``, ``-q/--quiet`` (with
+    ``--no-progress`` as a hidden alias)."""
+    parser.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                        help="local worker processes (default: all usable cores)")
+    parser.add_argument("--scheduler", default=None, metavar="URL",
+                        help="run the grid on a Dask cluster, e.g. tcp://HOST:8786 (workers "
+                             "must see the run directory, e.g. on a shared file system)")
+    parser.add_argument("--seed", type=nonneg_int, default=0,
+                        help="seed for networks, monitors and sample draws (default 0)")
+    parser.add_argument("--solve-timeout", type=positive_float, default=None, metavar="S",
+                        help="safety net: kill a SciPy solve still running S seconds after it "
+                             "started (solvers, combined; results come from evaluation budgets, "
+                             "not from this; experiments without SciPy solves ignore it)")
+    add_quiet_arg(parser, no_progress_alias=True)
+
+
+def check_campaign_args(args) -> None:
+    if args.jobs is not None and args.jobs < 1:
+        raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.scheduler is not None:  # a malformed address: said before anything is trained
+        from boxhack.infra.campaign import check_scheduler_address  # keeps --help fast (Dask)
+
+        check_scheduler_address(args.scheduler)
+
+
+# ------------------------------------------------------------------ command groups
+def add_group(sub, name: str, help: str, description: str, *members: Callable) -> object:
+    """Command group ``name`` whose sub-commands are added by ``members`` (each called with
+    the group's sub-parsers); returns those sub-parsers."""
+    p = sub.add_parser(name, help=help, description=description)
+    group = p.add_subparsers(dest=f"{name}_command", metavar=name.upper())
+    group.required = True
+    for register in members:
+        register(group)
+    return group
+
+
+# ------------------------------------------------------------------ output
 def check_output_file(path, what: str) -> Path:
     """Fail early, with one clear line, when output file ``path`` cannot be written: it is a
     directory, or its folder is a file, read-only or cannot be created."""
-    from boxhack.infra.files import check_output_dir
-
     path = Path(path)
     if path.is_dir():
         raise BoxhackError(f"{what} {path} is a directory; give a file name")
@@ -71,201 +299,9 @@ def check_output_file(path, what: str) -> Path:
 
 def check_device(name: str) -> str:
     """A torch device this machine has, or a clear error."""
-    import torch
+    from boxhack.workflow.target import resolve_device  # keeps --help fast (torch)
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise BoxhackError(f"--device {name!r} is not a torch device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BoxhackError(f"--device {name}: CUDA is not available on this machine; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise BoxhackError(f"--device {name}: only cpu and cuda are supported")
-    return name
-
-
-# ------------------------------------------------------------------ model + monitor + data
-def model_dataset(info: dict, model_arg: str):
-    """The data set a boxhack model directory records (its test inputs are what is attacked)."""
-    from boxhack.data import load_dataset
-
-    name = info.get("dataset")
-    if name is None:
-        raise BoxhackError(
-            f"{model_arg} does not record its data set, so there are no test inputs to attack; "
-            f"use a boxhack model directory (see `boxhack train`)"
-        )
-    return load_dataset(name, info.get("classes"), data_dir=info.get("data_dir"),
-                        split_seed=int(info.get("split_seed") or 0))  # fmt: skip
-
-
-def load_attack_setup(args):
-    """``(model, info, monitor, dataset)`` for an attack command: the model (``--model``,
-    ``--weights``), its data set, and the monitor (``--monitor``), checked to have been
-    fitted on this model (:func:`boxhack.monitor.check_compatible`)."""
-    from boxhack.models.io import load_any_model
-    from boxhack.monitor import check_compatible
-    from boxhack.monitor.registry import load_monitor
-
-    model, info = load_any_model(args.model, args.weights)
-    model.eval()
-    monitor = load_monitor(args.monitor)
-    dataset = model_dataset(info, args.model)
-    check_compatible(monitor, model, info, example=dataset.x_test[:1],
-                     monitor_name=str(args.monitor), model_name=str(args.model))  # fmt: skip
-    return model, info, monitor, dataset
-
-
-START_STATES = {
-    "dos": "correctly classified and accepted",
-    "intrude": "rejected",
-    "intrude-any": "rejected",
-    "intrude-target": "rejected",
-    "combined": "correctly classified",
-    "misclassify": "correctly classified",
-}
-
-
-def start_mask(goal: str, pred, accepted, labels):
-    """Test inputs an attack with ``goal`` may start from: Attack 1 (``dos``) from correctly
-    classified and accepted ones, Attack 2 (``intrude*``) from rejected ones, adversarial
-    goals (``combined``, ``misclassify``) from correctly classified ones."""
-    import numpy as np
-
-    pred, accepted, labels = np.asarray(pred), np.asarray(accepted, bool), np.asarray(labels)
-    if goal == "dos":
-        return (pred == labels) & accepted
-    if goal.startswith("intrude"):
-        return ~accepted
-    return pred == labels
-
-
-def select_inputs(model, monitor, dataset, goal: str, index, n, seed: int, default_n: int):
-    """Test indices to attack: ``--index`` as given (range-checked), else a seeded,
-    class-balanced sample of ``n`` (``default_n``) inputs the goal can start from
-    (:func:`start_mask`, :func:`boxhack.data.sampling.sample_balanced`)."""
-    import numpy as np
-
-    from boxhack.data.sampling import sample_balanced
-
-    n_test = len(dataset.y_test)
-    if index is not None:
-        bad = [i for i in index if not 0 <= i < n_test]
-        if bad:
-            raise BoxhackError(f"--index {bad[0]} is out of range: the test split has {n_test} inputs")
-        return np.asarray(index, dtype=np.int64)
-    want = default_n if n is None else n
-    pred, acc = monitor.predict(model, dataset.x_test)
-    mask = start_mask(goal, pred, acc, dataset.y_test)
-    if not mask.any():
-        raise BoxhackError(f"no test input is {START_STATES[goal]}: nothing to attack with "
-                           f"goal {goal!r}")  # fmt: skip
-    idx = sample_balanced(dataset.y_test, want, seed, mask=mask)
-    if len(idx) < want:
-        print(f"boxhack: note: only {len(idx)} test inputs are {START_STATES[goal]} "
-              f"(goal {goal!r}); attacking those", file=sys.stderr)  # fmt: skip
-    return idx
-
-
-def save_attack_file(path, result, args, info: dict, budget=None) -> Path:
-    """Write ``result`` exactly to ``path`` (``--save``): an attack record
-    (:func:`boxhack.attacks.records.attack_record`) with the model directory and monitor file
-    referenced by hash, paths relative to the saved file's folder when inside it."""
-    from boxhack.attacks.records import attack_record, file_ref, save_attack
-    from boxhack.models.io import META, WEIGHTS
-
-    path = Path(path)
-    model_dir = Path(args.model)
-    if model_dir.name in (META, WEIGHTS):
-        model_dir = model_dir.parent
-    base = path.parent.resolve()
-    record = attack_record(
-        result, model=file_ref(model_dir, base=base, sha256=info["sha256"]),
-        monitor=file_ref(args.monitor, base=base), budget=budget,
-    )  # fmt: skip
-    return save_attack(path, record)
-
-
-def attacked_summary(result) -> dict:
-    """Counts that keep a report honest: inputs given, attacked (eligible), already meeting
-    the goal (not attacked), not eligible for another reason, verified successes."""
-    n = len(result)
-    attacked = int(result.eligible.sum())
-    already = int(result.already.sum())
-    return {"n": n, "attacked": attacked, "already": already,
-            "not_eligible": n - attacked - already, "success": int(result.success.sum()),
-            "success_rate": result.success_rate}  # fmt: skip
-
-
-ALREADY_WORDS = {
-    "dos": "already rejected", "intrude": "already accepted", "intrude-any": "already accepted",
-    "intrude-target": "already accepted as the target", "combined":
-    "already misclassified and accepted", "misclassify": "already misclassified",
-}  # fmt: skip
-
-
-def attacked_line(result) -> str:
-    """``"3/5 verified attacks on attacked inputs (60%); not attacked: 2 already rejected"``:
-    the success count over the inputs really attacked, with the others named apart."""
-    s = attacked_summary(result)
-    rate = "" if s["attacked"] == 0 else f" ({100 * s['success_rate']:.0f}%)"
-    text = f"{s['success']}/{s['attacked']} verified attacks on attacked inputs{rate}"
-    apart = []
-    if s["already"]:
-        apart.append(f"{s['already']} {ALREADY_WORDS.get(result.goal, 'already meeting the goal')}")
-    if s["not_eligible"]:
-        apart.append(f"{s['not_eligible']} misclassified at the start")
-    if apart:
-        text += f"; not attacked: {', '.join(apart)}"
-    return text
-
-
-def add_device_arg(parser) -> None:
-    parser.add_argument(
-        "--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)"
-    )
-
-
-def register_group(sub, name: str, help: str, description: str, prefix: str, members) -> None:
-    """Add command group ``name`` whose sub-commands live in modules ``boxhack.cli.<prefix><m>``
-    (each exposing ``register(subparsers)``); members whose module is absent are skipped."""
-    import importlib
-
-    p = sub.add_parser(name, help=help, description=description)
-    group = p.add_subparsers(dest=f"{name}_command", metavar=name.upper())
-    group.required = True
-    for member in members:
-        module_name = f"boxhack.cli.{prefix}{member}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.register(group)
-
-
-def add_campaign_args(parser) -> None:
-    """The options every experiment command shares: workers, Dask, seed, model cache, progress."""
-    parser.add_argument("--jobs", type=positive_int, default=None,
-                        help="local worker processes (default: all cores)")
-    parser.add_argument("--scheduler", default=None,
-                        help="Dask scheduler address, e.g. tcp://host:8786")
-    parser.add_argument("--seed", type=nonneg_int, default=0)
-    parser.add_argument("--models-root", default=None,
-                        help="where networks and monitors are cached (default OUT/models)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def check_campaign_args(args) -> None:
-    from boxhack.errors import BoxhackError
-
-    if args.jobs is not None and args.jobs < 1:
-        raise BoxhackError(f"--jobs must be at least 1, got {args.jobs}")
-    if args.scheduler is not None:  # a malformed address: said before anything is trained
-        from boxhack.infra.campaign import check_scheduler_address
-
-        check_scheduler_address(args.scheduler)
+    return resolve_device(name)
 
 
 def print_table(rows: list[dict], columns: list[str] | None = None, file=None) -> None:
@@ -291,15 +327,15 @@ def print_table(rows: list[dict], columns: list[str] | None = None, file=None) -
 
 def write_json(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented JSON, atomically (temp file, then rename)."""
-    from boxhack.infra.files import atomic_write
+    return atomic_write(Path(path), json.dumps(obj, indent=2, default=_default) + "\n")
 
-    path = Path(path)
-    return atomic_write(path, json.dumps(obj, indent=2, default=_default) + "\n")
+
+def write_rows(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write ``rows`` as JSONL (one compact JSON object a line, floats exact), atomically."""
+    return atomic_write(Path(path), b"".join(encode_row(row) for row in rows))
 
 
 def _default(o):
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

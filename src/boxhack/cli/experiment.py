@@ -2,7 +2,7 @@
 registry (:mod:`boxhack.workflow.registry`): the help from each ``EXPERIMENT``'s title and
 description, the flags from its ``options`` (``--name-with-dashes``; lists comma-separated;
 booleans as ``--flag`` / ``--no-flag``; JSON values as text), plus the flags every experiment
-shares (:func:`add_campaign_flags`). A thin layer over :func:`boxhack.workflow.run`.
+shares (:func:`boxhack.cli.common.add_campaign_args`). A thin layer over :func:`boxhack.workflow.run`.
 
 A registered experiment whose module cannot be loaded still gets its sub-command: running it
 says why, in one line (exit 2); it never disappears from the CLI quietly.
@@ -16,32 +16,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from boxhack.cli.common import nonneg_int, positive_float, positive_int, print_table
+from boxhack.cli.common import add_campaign_args, print_table
 from boxhack.errors import BoxhackError
 from boxhack.experiments.spec import Experiment, Option, Settings
 from boxhack.workflow import registry, run
 
-__all__ = ["add_campaign_flags", "option_values", "register", "settings_from"]
-
-
-def add_campaign_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every campaign command shares (``experiment NAME`` and ``reproduce``):
-    ``--jobs``, ``--scheduler``, ``--seed``, ``--solve-timeout``, ``-q/--quiet`` (with
-    ``--no-progress`` as a hidden alias). A candidate for :mod:`boxhack.cli.common`."""
-    parser.add_argument("--jobs", type=positive_int, default=None, metavar="N",
-                        help="local worker processes (default: all usable cores)")
-    parser.add_argument("--scheduler", default=None, metavar="URL",
-                        help="run the grid on a Dask cluster, e.g. tcp://HOST:8786 (workers "
-                             "must see the run directory, e.g. on a shared file system)")
-    parser.add_argument("--seed", type=nonneg_int, default=0,
-                        help="seed for networks, monitors and sample draws (default 0)")
-    parser.add_argument("--solve-timeout", type=positive_float, default=None, metavar="S",
-                        help="safety net: kill a SciPy solve still running S seconds after it "
-                             "started (solvers, combined; results come from evaluation budgets, "
-                             "not from this; experiments without SciPy solves ignore it)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-progress", dest="quiet", action="store_true",
-                        help=argparse.SUPPRESS)
+__all__ = ["option_values", "register", "settings_from"]
 
 
 def settings_from(args: argparse.Namespace, quick: bool) -> Settings:
@@ -164,7 +144,7 @@ def _register_one(group, experiment: Experiment) -> None:
                    help="the small grid (each option's --quick default below)")
     p.add_argument("--models-root", default=None,
                    help="where networks and monitors are cached (default OUT/models)")
-    add_campaign_flags(p)
+    add_campaign_args(p)
     for option in experiment.options:
         _add_option(p, option)
     p.set_defaults(handler=lambda args: _run(experiment, args))

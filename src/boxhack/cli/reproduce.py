@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from boxhack.cli.experiment import add_campaign_flags
+from boxhack.cli.common import add_campaign_args
 from boxhack.workflow import failed_experiments, reproduce, resolve_only
 from boxhack.workflow.registry import names
 
@@ -26,7 +26,7 @@ def register(sub) -> None:
                    help="small grids that finish in a few minutes (the demo)")
     p.add_argument("--only", default=None, metavar="NAMES",
                    help="comma-separated subset, e.g. solvers,adversarial")
-    add_campaign_flags(p)
+    add_campaign_args(p)
     p.set_defaults(handler=_reproduce)
 
 

@@ -25,8 +25,14 @@ def register(sub) -> None:
     p.set_defaults(handler=_handler)
 
 
+def _where(summary, f: dict) -> str:
+    if summary.kind == "run":
+        return f"{f['experiment']} row {f['key']!r} record {f['record']} sample {f['sample']}"
+    return f"{f['experiment']} sample {f['sample']}"
+
+
 def _handler(args) -> int:
-    from boxhack.experiments.recheck import verify_path
+    from boxhack.experiments.recheck import verify_path  # keeps --help fast (torch)
 
     summary = verify_path(args.path)
     if args.json:
@@ -39,11 +45,7 @@ def _handler(args) -> int:
                   f"({c['samples']} inputs): {c['hold']} hold")  # fmt: skip
     print(f"{summary.claimed} stored successes re-checked: {summary.hold} hold")
     for f in summary.failures:
-        if summary.kind == "run":
-            where = f"{f['experiment']} row {f['key']!r} record {f['record']} sample {f['sample']}"
-        else:
-            where = f"{f['experiment']} sample {f['sample']}"
-        print(f"FAILS: {where}: goal {f['goal']}, class {f['pred0']} -> {f['pred']}, "
+        print(f"FAILS: {_where(summary, f)}: goal {f['goal']}, class {f['pred0']} -> {f['pred']}, "
               f"{'accepted' if f['accepted'] else 'rejected'}"
               f"{'' if f['within_budget'] else ', over the budget'}")  # fmt: skip
     if len(summary.failures) < summary.claimed - summary.hold:

@@ -8,7 +8,7 @@ meaningless verdicts, so every command that takes a model and a monitor calls
 - ``metadata["model_sha256"]``: the weights-file hash of a boxhack model directory (its
   ``model.json`` ``sha256``), recorded by ``boxhack monitor fit`` (or ``fit(model_sha256=...)``);
 - ``metadata["model_state_sha256"]``: a hash of the fitted model's ``state_dict`` (names,
-  dtypes, shapes and exact bytes of every tensor), recorded by :meth:`BoxMonitor.fit` for any
+  dtypes, shapes and exact bytes of every tensor), recorded by every monitor's ``fit`` for any
   ``nn.Module``, so monitors fitted in Python are checked by content too;
 - the monitored layers, their widths and the class count (always in the file).
 
@@ -20,7 +20,6 @@ precomputed features (no model, no hash) is checked on layers, widths and classe
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,20 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from boxhack.errors import BoxhackError
+from boxhack.errors import BoxhackError, NotFittedError
+from boxhack.models.layers import collect
+from boxhack.models.zoo import NETWORKS
+from boxhack.monitor.base import MonitorLike, state_sha256
 
 __all__ = ["check_compatible", "state_sha256"]
-
-
-def state_sha256(model: nn.Module) -> str:
-    """SHA-256 of ``model.state_dict()``: every tensor's name, dtype, shape and exact bytes."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _short(digest: str) -> str:
@@ -56,8 +47,6 @@ def _example(model_info: Mapping[str, Any] | None, example) -> torch.Tensor | No
     info = model_info or {}
     shape = info.get("input_shape")
     if not shape:
-        from boxhack.models.zoo import NETWORKS
-
         arch = info.get("architecture")
         if arch in NETWORKS:
             shape = NETWORKS[arch][0].input_shape
@@ -70,7 +59,7 @@ def _example(model_info: Mapping[str, Any] | None, example) -> torch.Tensor | No
 
 
 def check_compatible(
-    monitor,
+    monitor: MonitorLike,
     model: nn.Module,
     model_info: Mapping[str, Any] | None = None,
     *,
@@ -85,9 +74,9 @@ def check_compatible(
     the layer widths (default: zeros of the recorded input shape). The names are only for the
     message.
     """
-    from boxhack.models.layers import collect
-
-    monitor._check_fitted()
+    if not monitor.is_fitted:
+        raise NotFittedError(f"{type(monitor).__name__} is not fitted yet; fit or load a "
+                             f"monitor before checking it against a model")
     info = dict(model_info or {})
     mon = f"monitor {monitor_name}" if monitor_name else "the monitor"
     mod = f"model {model_name}" if model_name else "this model"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from boxhack.errors import BoxhackError
-from boxhack.monitor.base import Monitor, _jsonable_params
+from boxhack.monitor.base import Monitor, jsonable_params
 from boxhack.monitor.registry import monitor_class, register
 
 __all__ = ["CompositeMonitor"]
@@ -39,7 +39,7 @@ _SHARED = ("tolerance", "relative_tolerance", "only_correct", "n_classes")
 def _spec(member: Any) -> dict[str, Any]:
     if isinstance(member, Monitor):
         params = {k: v for k, v in member.get_params().items() if k not in _SHARED}
-        return {"abstraction": member.abstraction, "params": _jsonable_params(params)}
+        return {"abstraction": member.abstraction, "params": jsonable_params(params)}
     if isinstance(member, Mapping) and isinstance(member.get("abstraction"), str):
         params = dict(member.get("params") or {})
         return {"abstraction": member["abstraction"],

@@ -29,7 +29,9 @@ def register(cls: type) -> type:
     name = getattr(cls, "abstraction", "")
     if not isinstance(name, str) or not name:
         raise TypeError(f"{cls.__name__} has no abstraction name")
-    if MONITORS.get(name, cls) is not cls:
+    old = MONITORS.get(name, cls)
+    same = (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+    if not same:  # (the same class defined again, e.g. a module reloaded, replaces itself)
         raise TypeError(f"abstraction {name!r} is already registered by "
                         f"{MONITORS[name].__qualname__}")
     MONITORS[name] = cls
@@ -48,5 +50,8 @@ def load_monitor(path: str | os.PathLike) -> Any:
     """Read any monitor file written by boxhack (every abstraction, format versions 1 and 2),
     checking everything a hand edit or a corrupt file could garble."""
     meta, arrays = read_file(path)
-    cls = monitor_class(abstraction_of(meta, str(path)))
-    return cls._from_file(meta, arrays, str(path))
+    name = abstraction_of(meta, str(path))
+    if name not in MONITORS:
+        raise BoxhackError(f"{path} is not a valid boxhack monitor file: unknown abstraction "
+                           f"{name!r} (this boxhack knows {', '.join(sorted(MONITORS))})")
+    return MONITORS[name]._from_file(meta, arrays, str(path))

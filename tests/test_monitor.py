@@ -574,3 +574,32 @@ def test_overflowing_tolerance_is_refused():
     x = np.array([[0, 0], [3e38, 1]], dtype=F32)
     with pytest.raises(BoxhackError, match="float32 range"):
         BoxMonitor(n_clusters=1, tolerance=1.0).fit_features(x, [0, 0])
+
+
+@pytest.mark.parametrize("d", [1, 7, 31, 32, 63, 64, 65, 96, 97, 130])
+def test_kernels_equal_brute_force_at_every_width(monkeypatch, d):
+    """The narrow (one branch-free pass) and wide (blocks of 32 dimensions) kernels, serial
+    and parallel, against the definition; queries just inside and just past a face in the
+    last block and the tail."""
+    from boxhack.monitor import jit
+
+    rng = np.random.default_rng(d)
+    x = np.maximum(rng.normal(size=(300, d)) + rng.integers(0, 3, (300, 1)), 0).astype(F32)
+    y = rng.integers(0, 4, 300)
+    m = BoxMonitor(n_clusters=3, n_classes=5).fit_features(x, y)
+    lo, hi, cls = m.lo_["features"], m.hi_["features"], m.box_class_["features"]
+    p = rng.integers(0, 5, 900)
+    q = np.concatenate([rng.normal(size=(300, d)).astype(F32) * 2 + 1, x[:300], x[:300].copy()])
+    last = rng.integers(0, d, 300)
+    q[600 + np.arange(300), last] = np.nextafter(hi[0, last], F32(np.inf))  # one step past
+    p[300:] = np.concatenate([y[:300], np.zeros(300, int)])
+    inside = ((q[:, None] >= lo) & (q[:, None] <= hi)).all(-1) & (cls[None] == p[:, None])
+    monkeypatch.setenv("BOXHACK_KERNEL_THREADS", "1")
+    serial = m.accepts_features(q, p)
+    monkeypatch.delenv("BOXHACK_KERNEL_THREADS")
+    monkeypatch.setattr(jit, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(jit, "contended", lambda: False)
+    np.testing.assert_array_equal(serial, inside.any(1))
+    np.testing.assert_array_equal(m.accepts_features(q, p), serial)
+    np.testing.assert_array_equal(m.decision_function(q, p) >= 0, serial)
+    assert serial[300:600].all() and 0 < serial.mean() < 1

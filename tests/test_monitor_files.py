@@ -10,6 +10,10 @@ computes the same layer vectors.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +88,23 @@ EXPECTED = {  # sha256 of the files the version-1 BoxMonitor wrote (commit 28361
 def test_box_files_are_byte_identical_to_format_version_1(tmp_path, name):
     path = CASES[name](tmp_path / f"{name}.npz")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == EXPECTED[name]
+
+
+BASELINE = os.environ.get("BOXHACK_BASELINE_RUN")  # e.g. /work/runs/q: a reproduce --quick run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BASELINE, reason="set BOXHACK_BASELINE_RUN to a `reproduce --quick` run")
+def test_refitting_a_runs_monitors_from_its_networks_gives_the_same_files(tmp_path):
+    """Every cached monitor of a run, refitted from the run's cached networks the way the
+    experiments fit it, is the same file byte for byte (so the SHA-256s in its rows hold)."""
+    from boxhack.experiments.prepared import prepare_monitor
+
+    models = Path(BASELINE) / "models"
+    shutil.copytree(models / "models", tmp_path / "models")
+    files = sorted((models / "monitors").glob("*.npz"))
+    assert files
+    for f in files:
+        key, layer, k, tol = re.fullmatch(r"(.+)-(\w+)-k(\d+)-tol([\d.]+)\.npz", f.name).groups()
+        prepare_monitor(key, tmp_path, n_clusters=int(k), tolerance=float(tol), layer=layer)
+        assert (tmp_path / "monitors" / f.name).read_bytes() == f.read_bytes(), f.name

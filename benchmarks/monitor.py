@@ -14,10 +14,10 @@ For N in {10k, 100k} query vectors x d in {32, 512} dims x k in {1, 3} boxes per
 
 All three must agree on every decision.
 
-The abstraction family (zone, octagon, mean-ball, pattern at gamma 0 and 2, convex hull), at
+Every abstraction (box, zone, octagon, mean-ball, pattern at gamma 0 and 2, convex hull), at
 32 dims, k = 3 clusters, 10 classes, fitted on 10k vectors, is timed in the same run against a
 straightforward per-sample Python implementation of the same definition in the reference's
-style: per sample and cluster, zones/octagons in pure Python loops over box sides and pairs
+style: per sample and cluster, boxes as ``reference_style`` above, zones/octagons in pure Python loops over box sides and pairs
 with early exit (as the reference's ``contains``), balls by SciPy's ``euclidean`` (as the
 reference; a pure Python sum is reported beside it), patterns as Python ints (a set lookup at
 gamma 0, popcounts else; the reference builds a BDD), hulls by one HiGHS LP feasibility test
@@ -280,6 +280,8 @@ def _family_cases(quick: bool):
     baselines {name: (loop, samples)})."""
     n = 20_000 if quick else 100_000
     return [
+        ("box", lambda: BoxMonitor(n_clusters=FAMILY_K), reference_style_loop, n, 1000,
+         {"python_loop": (python_loop, 2000)}),
         ("zone", lambda: ZoneMonitor(n_clusters=FAMILY_K), zone_reference, n, 300, {}),
         ("octagon", lambda: OctagonMonitor(n_clusters=FAMILY_K), zone_reference, n, 300, {}),
         ("ball", lambda: MeanBallMonitor(n_clusters=FAMILY_K), ball_reference, n, 1000,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from boxhack.errors import BoxhackError
-from boxhack.monitor import BoxMonitor, cluster_class, load_monitor, save_monitor, widen
+from boxhack.monitor import BoxMonitor, cluster_class, load_monitor, save_monitor
+from boxhack.monitor.base import widen_intervals
 
 F32 = np.float32
 
@@ -70,7 +71,7 @@ def test_widening_rounds_outward():
     tl = np.array([[0.1, -3.3]], dtype=F32)
     th = np.array([[0.3, 7.7]], dtype=F32)
     for eps, rel in [(0.1, True), (0.37, True), (0.1, False), (1e-9, False)]:
-        lo, hi = widen(tl, th, eps, rel)
+        lo, hi = widen_intervals(tl, th, eps, rel)
         lo64, hi64 = tl.astype(np.float64), th.astype(np.float64)
         pad = eps / 2 * (hi64 - lo64) if rel else eps
         assert (lo.astype(np.float64) <= lo64 - pad).all()
@@ -99,10 +100,10 @@ def test_empty_class_rejects_everything():
     assert m.n_clusters_["features"].tolist() == [1, 1, 0]
     q = np.array([[0.5, 0.5], [0.5, 0.5]], dtype=F32)
     assert m.accepts_features(q, [0, 2]).tolist() == [True, False]
-    assert m.score(q, [0, 2]).tolist() == [0.0, np.inf]
+    assert m.novelty_score(q, [0, 2]).tolist() == [0.0, np.inf]
     mg = m.margin(torch.from_numpy(q), torch.tensor([0, 2]))
     assert mg[0] == 0.5 and mg[1] == -np.inf
-    assert m.decision_margin(q, [0, 2])[1] == -np.inf
+    assert m.decision_function(q, [0, 2])[1] == -np.inf
 
 
 def test_only_correct_drops_misclassified_rows():
@@ -126,7 +127,7 @@ def test_two_layers_accept_only_if_both_accept():
     assert m.accepts_features(q, [0, 0, 0]).tolist() == [True, False, False]
     mg = m.margin({k: torch.from_numpy(v) for k, v in q.items()}, torch.zeros(3, dtype=torch.long))
     assert mg.tolist() == [0.5, -1.0, -1.0]
-    assert (m.score(q, [0, 0, 0]) > 0).tolist() == [False, True, True]
+    assert (m.novelty_score(q, [0, 0, 0]) > 0).tolist() == [False, True, True]
 
 
 def test_zero_inertia_class_does_not_crash():
@@ -209,21 +210,21 @@ def test_preactivation_rule_hand_example():
 def test_score_formula():
     m = two_points_monitor()  # class 0 box [0,2]x[0,1], half-diagonal sqrt(5)/2
     q = np.array([[1, 0.5], [5, 0.5], [5, 5], [10.5, 6]], dtype=F32)
-    s = m.score(q, [0, 0, 0, 1])
+    s = m.novelty_score(q, [0, 0, 0, 1])
     r = np.sqrt(5) / 2
     np.testing.assert_allclose(s[:3], [0.0, 3 / r, 5 / r])
     # class 1's box [10,11]x[5,5] has half-diagonal 0.5
     np.testing.assert_allclose(s[3], 1.0 / 0.5)
     # a single-point box uses the plain distance
     single = BoxMonitor(n_clusters=1).fit_features(np.array([[1, 1]], F32), [0])
-    np.testing.assert_allclose(single.score(np.array([[4, 5]], F32), [0]), [5.0])
+    np.testing.assert_allclose(single.novelty_score(np.array([[4, 5]], F32), [0]), [5.0])
 
 
 def test_score_zero_iff_accepted_even_for_tiny_gaps():
     m = two_points_monitor()
     tiny = np.array([[np.nextafter(F32(2), F32(3)), 0.5], [1e-45, 1.0]], dtype=F32)
     acc = m.accepts_features(tiny, [0, 0])
-    s = m.score(tiny, [0, 0])
+    s = m.novelty_score(tiny, [0, 0])
     assert acc.tolist() == [False, True]
     assert s[0] > 0 and s[1] == 0
 
@@ -242,6 +243,8 @@ def test_many_rows_and_classes_agree_with_simple_reference():
 
 
 def test_query_chunking_and_blocks(monkeypatch):
+    """The torch decision_function in small chunks and blocks, and on busy cores, gives the
+    same values; its sign is the kernel's decision."""
     from boxhack.monitor import box
 
     rng = np.random.default_rng(4)
@@ -250,16 +253,17 @@ def test_query_chunking_and_blocks(monkeypatch):
     m = BoxMonitor(n_clusters=3).fit_features(x, y)
     q = rng.normal(size=(2000, 5)).astype(F32)
     p = rng.integers(0, 4, 2000)
-    ref = m.accepts_features(q, p)
+    ref = m.decision_function(q, p)
+    np.testing.assert_array_equal(ref >= 0, m.accepts_features(q, p))
     monkeypatch.setattr(box, "_CHUNK_ELEMENTS", 16)
     monkeypatch.setattr(box, "_BLOCK_ELEMENTS", 700)
-    np.testing.assert_array_equal(m.accepts_features(q, p), ref)
-    monkeypatch.setattr(box, "_contended", lambda: True)  # the small-op path for busy cores
-    np.testing.assert_array_equal(m.accepts_features(q, p), ref)
+    np.testing.assert_array_equal(m.decision_function(q, p), ref)
+    monkeypatch.setattr(box, "_torch_contended", lambda: True)  # the small-op path
+    np.testing.assert_array_equal(m.decision_function(q, p), ref)
     monkeypatch.undo()
-    monkeypatch.setattr(box, "_contended", lambda: True)
-    np.testing.assert_array_equal(m.accepts_features(q, p), ref)
-    assert isinstance(box._contended(), bool)
+    monkeypatch.setattr(box, "_torch_contended", lambda: True)
+    np.testing.assert_array_equal(m.decision_function(q, p), ref)
+    assert isinstance(box._torch_contended(), bool)
 
 
 # ----------------------------------------------------------------------- files
@@ -282,7 +286,7 @@ def test_save_load_round_trip(tmp_path):
     q = {"l1": rng.normal(size=(300, 3)).astype(F32), "l2": rng.normal(size=(300, 5)).astype(F32)}
     p = rng.integers(0, 4, 300)
     np.testing.assert_array_equal(m2.accepts_features(q, p), m.accepts_features(q, p))
-    np.testing.assert_array_equal(m2.score(q, p), m.score(q, p))
+    np.testing.assert_array_equal(m2.novelty_score(q, p), m.novelty_score(q, p))
     # the functional wrappers
     save_monitor(m, tmp_path / "m.npz")
     assert load_monitor(tmp_path / "m.npz").n_classes_ == 4
@@ -335,7 +339,7 @@ def test_corrupt_truncated_and_wrong_files(tmp_path):
         a["hi_0"] = a["hi_0"][:, :1]
 
     _rewrite(good, tmp_path / "shape.npz", shape)
-    with pytest.raises(BoxhackError, match="expected float32"):
+    with pytest.raises(BoxhackError, match="hi_0 has shape"):
         BoxMonitor.load(tmp_path / "shape.npz")
 
     def missing(a):
@@ -492,11 +496,11 @@ GARBLES = {
     "dims float": (_meta_edit(dims=[2.5]), "dims"),
     "dims zero": (_meta_edit(dims=[0]), "dims"),
     "dims string": (_meta_edit(dims=["2"]), "dims"),
-    "dims wrong width": (_meta_edit(dims=[3]), "expected float32"),
+    "dims wrong width": (_meta_edit(dims=[3]), "tight_lo_0 has shape (2, 2), expected (2, 3)"),
     "n_classes string": (_meta_edit(n_classes="2"), "n_classes"),
     "n_classes bool": (_meta_edit(n_classes=True), "n_classes"),
     "n_classes zero": (_meta_edit(n_classes=0), "n_classes"),
-    "n_classes larger": (_meta_edit(n_classes=3), "n_fit must be 3"),
+    "n_classes larger": (_meta_edit(n_classes=3), "n_fit must be int64 counts >= 0, one per class (3)"),
     "n_boxes wrong": (_meta_edit(n_boxes=[5]), "boxes"),
     "n_boxes missing": (_meta_edit(n_boxes=None), "n_boxes"),
     "params not a dict": (_meta_edit(params=[1]), "params"),
@@ -508,12 +512,14 @@ GARBLES = {
     "metadata hash a number": (_meta_edit(**{"metadata.model_sha256": 12}), "hash"),
     # arrays
     "box_class float": (_set("box_class_0", lambda a: a["box_class_0"].astype(np.float64)), "box_class"),
-    "box_class out of range": (_set("box_class_0", np.array([0, 7], dtype=np.int64)), "class indices"),
+    "box_class out of range": (_set("box_class_0", np.array([0, 7], dtype=np.int64)),
+                               "box_class_0 holds a class outside 0..1"),
     "box_class unsorted": (_set("box_class_0", np.array([1, 0], dtype=np.int64)), "sorted"),
     "box_count zero": (_set("box_count_0", np.array([0, 2], dtype=np.int64)), "box_count"),
     "box_count float": (_set("box_count_0", np.array([2.0, 2.0])), "box_count"),
     "n_clusters wrong": (_set("n_clusters_0", np.array([2, 0], dtype=np.int64)), "n_clusters"),
-    "float64 bounds": (_set("lo_0", lambda a: a["lo_0"].astype(np.float64)), "expected float32"),
+    "float64 bounds": (_set("lo_0", lambda a: a["lo_0"].astype(np.float64)),
+                       "lo_0 has dtype float64, expected float32"),
     "lo above hi": (_both(_set("tight_lo_0", lambda a: a["tight_hi_0"] + 1),
                           _set("lo_0", lambda a: a["tight_hi_0"] + 1)), "inconsistent"),
     "extra array": (_set("lo_1", np.zeros((2, 2), np.float32)), "unexpected arrays"),
@@ -568,3 +574,32 @@ def test_overflowing_tolerance_is_refused():
     x = np.array([[0, 0], [3e38, 1]], dtype=F32)
     with pytest.raises(BoxhackError, match="float32 range"):
         BoxMonitor(n_clusters=1, tolerance=1.0).fit_features(x, [0, 0])
+
+
+@pytest.mark.parametrize("d", [1, 7, 31, 32, 63, 64, 65, 96, 97, 130])
+def test_kernels_equal_brute_force_at_every_width(monkeypatch, d):
+    """The narrow (one branch-free pass) and wide (blocks of 32 dimensions) kernels, serial
+    and parallel, against the definition; queries just inside and just past a face in the
+    last block and the tail."""
+    from boxhack.monitor import jit
+
+    rng = np.random.default_rng(d)
+    x = np.maximum(rng.normal(size=(300, d)) + rng.integers(0, 3, (300, 1)), 0).astype(F32)
+    y = rng.integers(0, 4, 300)
+    m = BoxMonitor(n_clusters=3, n_classes=5).fit_features(x, y)
+    lo, hi, cls = m.lo_["features"], m.hi_["features"], m.box_class_["features"]
+    p = rng.integers(0, 5, 900)
+    q = np.concatenate([rng.normal(size=(300, d)).astype(F32) * 2 + 1, x[:300], x[:300].copy()])
+    last = rng.integers(0, d, 300)
+    q[600 + np.arange(300), last] = np.nextafter(hi[0, last], F32(np.inf))  # one step past
+    p[300:] = np.concatenate([y[:300], np.zeros(300, int)])
+    inside = ((q[:, None] >= lo) & (q[:, None] <= hi)).all(-1) & (cls[None] == p[:, None])
+    monkeypatch.setenv("BOXHACK_KERNEL_THREADS", "1")
+    serial = m.accepts_features(q, p)
+    monkeypatch.delenv("BOXHACK_KERNEL_THREADS")
+    monkeypatch.setattr(jit, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(jit, "contended", lambda: False)
+    np.testing.assert_array_equal(serial, inside.any(1))
+    np.testing.assert_array_equal(m.accepts_features(q, p), serial)
+    np.testing.assert_array_equal(m.decision_function(q, p) >= 0, serial)
+    assert serial[300:600].all() and 0 < serial.mean() < 1

@@ -49,8 +49,8 @@ def test_tolerance_zero_accepts_every_training_vector(data, only_correct):
     m = BoxMonitor(n_clusters=k, only_correct=only_correct, max_clusters=4, n_init=1)
     m.fit_features(x, y)
     assert m.accepts_features(x, y).all()
-    assert (m.score(x, y) == 0).all()
-    assert (m.decision_margin(x, y) >= 0).all()
+    assert (m.novelty_score(x, y) == 0).all()
+    assert (m.decision_function(x, y) >= 0).all()
 
 
 @SETTINGS
@@ -94,8 +94,8 @@ def test_margin_sign_equals_acceptance(data, eps, relative, seed):
     acc = m.accepts_features(q, p)
     mg = m.margin(torch.from_numpy(q), torch.from_numpy(p))
     np.testing.assert_array_equal(mg.numpy() >= 0, acc)
-    np.testing.assert_array_equal(m.decision_margin(q, p) >= 0, acc)
-    np.testing.assert_array_equal(m.score(q, p) == 0, acc)
+    np.testing.assert_array_equal(m.decision_function(q, p) >= 0, acc)
+    np.testing.assert_array_equal(m.novelty_score(q, p) == 0, acc)
     # float64 features that are float32 values decide the same
     mg64 = m.margin(torch.from_numpy(q.astype(np.float64)), torch.from_numpy(p))
     np.testing.assert_array_equal(mg64.numpy() >= 0, acc)
@@ -149,4 +149,4 @@ def test_save_load_gives_identical_decisions(tmp_path_factory, data, eps, relati
     q = queries(x, seed)
     p = np.random.default_rng(seed).integers(0, m.n_classes_, len(q))
     np.testing.assert_array_equal(m2.accepts_features(q, p), m.accepts_features(q, p))
-    np.testing.assert_array_equal(m2.score(q, p), m.score(q, p))
+    np.testing.assert_array_equal(m2.novelty_score(q, p), m.novelty_score(q, p))

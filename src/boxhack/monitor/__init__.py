@@ -1,28 +1,29 @@
 """Abstraction-based novelty monitors: per-class sets over a layer's vectors.
 
-``BoxMonitor`` (scikit-learn style) fits on a model or on precomputed features, decides
-accept/reject exactly in float32, gives a graded novelty score, and a differentiable margin
-(``margin``, ``forward_margin``) whose sign is the decision — the attacks build on it.
-
-The abstraction family on the monitor protocol (:mod:`boxhack.monitor.base`):
-``MeanBallMonitor`` ("ball"), ``ZoneMonitor`` ("zone"), ``OctagonMonitor`` ("octagon"),
-``PatternMonitor`` ("pattern"), ``ConvexHullMonitor`` ("hull") and ``CompositeMonitor``
-("composite"); :func:`boxhack.monitor.registry.load_monitor` reads any of their files.
+Every monitor implements one protocol (:mod:`boxhack.monitor.base`, typed as
+:class:`MonitorLike`): fit on a model's layers or on precomputed features, an exact
+accept/reject decision in float32, a graded novelty score, a differentiable margin whose sign is
+the decision (``margin``, ``forward_margin``; the attacks build on it), and a safe, versioned
+file. The abstractions: ``BoxMonitor`` ("box"), ``MeanBallMonitor`` ("ball"), ``ZoneMonitor``
+("zone"), ``OctagonMonitor`` ("octagon"), ``PatternMonitor`` ("pattern"),
+``ConvexHullMonitor`` ("hull") and ``CompositeMonitor`` ("composite");
+:func:`load_monitor` reads any of their files, :func:`monitor_class` maps a name to its class.
 """
 
 from boxhack.monitor.ball import MeanBallMonitor
-from boxhack.monitor.base import ClusteredMonitor, Monitor
-from boxhack.monitor.box import FORMAT, FORMAT_VERSION, BoxMonitor, widen
+from boxhack.monitor.base import ClusteredMonitor, Monitor, MonitorLike, state_sha256
+from boxhack.monitor.box import BoxMonitor
 from boxhack.monitor.clustering import Clustering, cluster_class
-from boxhack.monitor.compat import check_compatible, state_sha256
+from boxhack.monitor.compat import check_compatible
 from boxhack.monitor.composite import CompositeMonitor
 from boxhack.monitor.hull import ConvexHullMonitor
-from boxhack.monitor.io import load_monitor, save_monitor
+from boxhack.monitor.io import BOX_FORMAT_VERSION, FORMAT, FORMAT_VERSION, save_monitor
 from boxhack.monitor.pattern import PatternMonitor
-from boxhack.monitor.registry import MONITORS, monitor_class
+from boxhack.monitor.registry import MONITORS, load_monitor, monitor_class, register
 from boxhack.monitor.zone import OctagonMonitor, ZoneMonitor
 
 __all__ = [
+    "BOX_FORMAT_VERSION",
     "FORMAT",
     "FORMAT_VERSION",
     "MONITORS",
@@ -33,6 +34,7 @@ __all__ = [
     "ConvexHullMonitor",
     "MeanBallMonitor",
     "Monitor",
+    "MonitorLike",
     "OctagonMonitor",
     "PatternMonitor",
     "ZoneMonitor",
@@ -40,7 +42,7 @@ __all__ = [
     "cluster_class",
     "load_monitor",
     "monitor_class",
+    "register",
     "save_monitor",
     "state_sha256",
-    "widen",
 ]

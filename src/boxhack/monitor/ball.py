@@ -304,10 +304,7 @@ class MeanBallMonitor(ClusteredMonitor):
               tight: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(centres (B, d) float32, radii (B,) float64)`` of ``layer`` (default: the first),
         optionally of one class; radii are ``sqrt`` of the stored squared radii."""
-        self._check_fitted()
-        layer = self.layers_[0] if layer is None else layer
-        if layer not in self.layers_:
-            raise BoxhackError(f"layer {layer!r} is not monitored; monitored: {self.layers_}")
+        layer = self._resolve_layer(layer)
         st = self.state_[layer]
         r2 = st["radius2"] if tight else self.derived_[layer]["radius2"]
         sel = slice(None) if cls is None else st["cluster_class"] == int(cls)

@@ -3,13 +3,16 @@
 A *monitor* watches one or more layers of a classifier. Fitted on the training inputs' layer
 vectors, grouped by class (and, for set-based abstractions, clustered per class), it accepts a
 prediction of class c with layer vector v iff v lies in the abstraction of class c at every
-monitored layer. Attacks, experiments and reports see only this protocol; boxes, mean-balls,
-zones, octagons, activation patterns and convex hulls are implementations.
+monitored layer. Attacks, experiments and reports see only this protocol (typed as
+:class:`MonitorLike`); boxes, mean-balls, zones, octagons, activation patterns, convex hulls
+and composites of them are implementations.
 
 What a monitor offers (scikit-learn conventions: parameters in ``__init__``, learned state
-ending in ``_``, ``fit`` returns ``self``, :class:`NotFittedError` before fitting):
+ending in ``_``, ``fit`` returns ``self``, :class:`~boxhack.errors.NotFittedError` before
+fitting):
 
 - ``fit_features(features, labels, predictions=None)`` / ``fit(model, layers, inputs, labels)``
+  (``fit`` records the model's ``state_sha256`` in ``metadata_["model_state_sha256"]``);
 - ``accepts_features(features, predicted) -> bool (N,)``: the exact decision;
 - ``decision_function(features, predicted) -> float (N,)``: ``>= 0`` exactly when accepted;
 - ``novelty_score(features, predicted) -> float (N,)``: graded, larger = more novel (for AUROC);
@@ -17,58 +20,116 @@ ending in ``_``, ``fit`` returns ``self``, :class:`NotFittedError` before fittin
 - ``margin(features, classes, preactivation=...) -> torch.Tensor``: differentiable, ``>= 0``
   iff accepted, for the monitor-aware attacks; ``forward_margin(model, x)`` taps the model;
 - ``predict(model, inputs) -> (pred, accepted)``, ``accepts``, ``score_inputs``;
-- ``save(path)`` / ``load(path)``: one ``.npz`` (``allow_pickle=False``) with a JSON header
-  naming the abstraction; :func:`load_monitor` picks the class from a fixed registry.
+- ``with_tolerance``, ``summary``, ``save(path)`` / ``load(path)``: one ``.npz``
+  (``allow_pickle=False``, see :mod:`boxhack.monitor.io`); :func:`load_monitor` reads any.
 
 Subclasses implement the per-layer hooks (``_fit_layer``, ``_derive``, ``_accept_layer``,
-``_decision_layer``, ``_novelty_layer``, ``_margin_layer``, ``_check_layer_state``) on float32
-``(N, d)`` arrays whose rows are grouped by class; this base does validation, class grouping,
-several layers, model taps, batching and files.
+``_decision_layer``, ``_novelty_layer``, ``_margin_layer``, ``_check_layer_state``, and
+optionally ``_fit_counts``, ``_describe_layer``) on float32 ``(N, d)`` arrays whose rows are
+grouped by class; this base does parameter and input validation, class grouping, several
+layers, model taps, batching and files, including the strict checks of a loaded file (header
+field types, ``n_fit`` against the state, non-finite values, unexpected arrays).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError, NotFittedError
-from boxhack.infra.files import atomic_path
+from boxhack.models.layers import collect, get_layer, tap
 from boxhack.monitor.clustering import Clustering, cluster_class
+from boxhack.monitor.io import (
+    FORMAT,
+    FORMAT_VERSION,
+    HASH_KEYS,
+    Header,
+    file_error,
+    parse_header,
+    write_file,
+)
+from boxhack.monitor.registry import load_monitor
 
 __all__ = [
     "DEFAULT_LAYER",
-    "FORMAT",
     "ClusteredMonitor",
     "Monitor",
+    "MonitorLike",
     "array_problem",
     "cast_keep_sign",
     "check_param",
     "fix_margin_sign",
     "is_int",
+    "is_real",
+    "jsonable_params",
     "round_down_f32",
     "round_up_f32",
+    "state_sha256",
     "widen_intervals",
 ]
 
-FORMAT = "boxhack-monitor"
-FORMAT_VERSION = 2  # version 1: box monitors only (still read by BoxMonitor)
 DEFAULT_LAYER = "features"  # the layer name used when features are given as a plain array
+
+
+# ----------------------------------------------------------------------------- the type
+@runtime_checkable
+class MonitorLike(Protocol):
+    """What attacks, experiments and reports may use of a fitted monitor.
+
+    Every :class:`Monitor` satisfies it; annotate with it rather than with a concrete class.
+    (``isinstance(m, MonitorLike)`` checks that the names exist, so only on fitted monitors.)
+    """
+
+    abstraction: ClassVar[str]
+    layers_: list[str]
+    dims_: dict[str, int]
+    n_classes_: int
+    metadata_: dict[str, Any]
+
+    @property
+    def is_fitted(self) -> bool: ...
+
+    def predict(self, model: nn.Module, inputs: Any, *, batch_size: int = ...
+                ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def accepts_features(self, features: Any, predicted: Any) -> np.ndarray: ...
+
+    def decision_function(self, features: Any, predicted: Any) -> np.ndarray: ...
+
+    def novelty_score(self, features: Any, predicted: Any) -> np.ndarray: ...
+
+    def score_inputs(self, model: nn.Module, inputs: Any, *, batch_size: int = ...
+                     ) -> np.ndarray: ...
+
+    def margin(self, features: Any, classes: Any, *,
+               preactivation: bool | Mapping[str, bool] = ...) -> torch.Tensor: ...
+
+    def forward_margin(self, model: nn.Module, x: torch.Tensor, classes: Any = ...
+                       ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def save(self, path: str | os.PathLike) -> Path: ...
 
 
 # ----------------------------------------------------------------------------- helpers
 def round_down_f32(a: np.ndarray) -> np.ndarray:
-    """float64 -> float32, never larger than the float64 value (outward for lower bounds)."""
+    """float64 -> float32, never larger than the float64 value (outward for lower bounds).
+    Beyond the float32 range the result is -inf/+inf; callers refuse it."""
     a = np.asarray(a, dtype=np.float64)
-    out = a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32)
     up = out.astype(np.float64) > a
     if up.any():
         out[up] = np.nextafter(out[up], np.float32(-np.inf))
@@ -78,7 +139,8 @@ def round_down_f32(a: np.ndarray) -> np.ndarray:
 def round_up_f32(a: np.ndarray) -> np.ndarray:
     """float64 -> float32, never smaller than the float64 value (outward for upper bounds)."""
     a = np.asarray(a, dtype=np.float64)
-    out = a.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32)
     down = out.astype(np.float64) < a
     if down.any():
         out[down] = np.nextafter(out[down], np.float32(np.inf))
@@ -170,7 +232,8 @@ def fix_margin_sign(m: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
     return torch.where(bad, torch.where(finite, through, target), m)
 
 
-def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
+def jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as plain JSON values (numpy scalars to Python, reals to float)."""
     out: dict[str, Any] = {}
     for k, v in params.items():
         if isinstance(v, (bool, np.bool_)):
@@ -182,6 +245,18 @@ def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of ``model.state_dict()``: every tensor's name, dtype, shape and exact bytes
+    (what ``fit`` records as ``metadata_["model_state_sha256"]``)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _to_numpy(a: Any, what: str) -> np.ndarray:
@@ -204,13 +279,41 @@ def _check_finite(x: np.ndarray, what: str) -> None:
             )
 
 
+def _nonfinite(state: Mapping[str, np.ndarray]) -> str | None:
+    """The first floating array of a loaded state holding NaN or an infinity: no abstraction
+    stores one (an infinite bound would accept everything)."""
+    for name, a in state.items():
+        if np.issubdtype(a.dtype, np.floating) and a.size and not np.isfinite(a).all():
+            return f"{name} contains NaN or infinite values"
+    return None
+
+
+def _n_fit_problem(n_fit: np.ndarray | None, n_classes: int) -> str | None:
+    if n_fit is None:
+        return "n_fit is missing (training vectors per class)"
+    if n_fit.dtype != np.int64 or n_fit.shape != (n_classes,) or (n_fit < 0).any():
+        return (f"n_fit must be int64 counts >= 0, one per class ({n_classes}), got "
+                f"{n_fit.dtype} {n_fit.shape}")
+    return None
+
+
+class _Training:
+    """The training rows of one fit, grouped by class: ``order`` selects and sorts the rows,
+    class c's are ``starts[c]:starts[c + 1]`` of the result."""
+
+    def __init__(self, order: np.ndarray, counts: np.ndarray) -> None:
+        self.order = order
+        self.counts = counts.astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- the protocol
 class Monitor:
     """Base class of every abstraction monitor (see the module docstring)."""
 
     #: the abstraction's name in files, on the CLI (``--abstraction``) and in reports
     abstraction: ClassVar[str] = ""
-    #: constructor parameters (scikit-learn ``get_params``)
+    #: constructor parameters (scikit-learn ``get_params``), in the order files list them
     PARAMS: ClassVar[tuple[str, ...]] = ("tolerance", "relative_tolerance", "only_correct",
                                          "n_classes")  # fmt: skip
     #: does ``margin`` understand ReLU pre-activations (``forward_margin`` then taps them)?
@@ -256,7 +359,7 @@ class Monitor:
 
     @property
     def is_fitted(self) -> bool:
-        return hasattr(self, "layers_")
+        return "layers_" in self.__dict__
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -264,6 +367,15 @@ class Monitor:
                 f"this {type(self).__name__} is not fitted yet; call fit(...) or "
                 f"fit_features(...) first, or load one with boxhack.monitor.load_monitor(path)"
             )
+
+    def _resolve_layer(self, layer: str | None) -> str:
+        """``layer``, checked to be monitored; ``None``: the first monitored layer."""
+        self._check_fitted()
+        if layer is None:
+            return self.layers_[0]
+        if layer not in self.layers_:
+            raise BoxhackError(f"layer {layer!r} is not monitored; monitored: {self.layers_}")
+        return layer
 
     # ------------------------------------------------------------------ subclass hooks
     def _fit_layer(self, layer: str, x: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
@@ -297,7 +409,13 @@ class Monitor:
 
     def _check_layer_state(self, layer: str, state: Mapping[str, np.ndarray], d: int,
                            n_classes: int) -> str | None:
-        """Validate a loaded layer state; return what is wrong, or ``None``."""
+        """Validate a loaded layer state (dtypes, shapes, consistency, no unknown arrays);
+        return what is wrong, or ``None``. Non-finite values are refused before this."""
+        return None
+
+    def _fit_counts(self, state: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray | None:
+        """int64 (n_classes,): training vectors per class a (checked) layer state was built
+        from, compared with ``n_fit`` on load; ``None`` if the state does not record it."""
         return None
 
     def _describe_layer(self, layer: str) -> dict[str, Any]:
@@ -371,7 +489,7 @@ class Monitor:
                 a = a.astype(np.int64)
             else:
                 raise BoxhackError(f"{what} must hold integer class indices, got dtype {a.dtype}")
-        a = a.astype(np.int64, copy=False)
+        a = np.ascontiguousarray(a, dtype=np.int64)
         if n and a.min() < 0:
             raise BoxhackError(f"{what} has a negative class index {int(a.min())}")
         if n_classes is not None and n and a.max() >= n_classes:
@@ -389,11 +507,22 @@ class Monitor:
         ``features``: an (N, d) array (one layer, named ``"features"``) or a dict
         ``{layer: (N, d_l) array}``; ``labels``: true classes (N,); ``predictions``: the
         model's predicted classes (N,): with ``only_correct`` the misclassified rows are left
-        out. Class y's abstraction is built from the rows labelled y.
+        out. Class y's abstraction is built from the rows labelled y. ``metadata`` (a JSON
+        object) and ``model_sha256`` are recorded in ``metadata_``.
         """
         self._validate_params()
         feats = self._feature_dict(features, "features", fitting=True)
         n = len(next(iter(feats.values())))
+        train = self._training_rows(n, labels, predictions)
+        meta = _fit_metadata(metadata, model_sha256)
+        state = {layer: self._fit_layer(layer, x[train.order], train.starts)
+                 for layer, x in feats.items()}  # fmt: skip
+        self._set_fitted(list(feats), [int(v.shape[1]) for v in feats.values()],
+                         len(train.counts), train.counts, meta, state)
+        return self
+
+    def _training_rows(self, n: int, labels: Any, predictions: Any) -> _Training:
+        """Which rows build the abstractions (``only_correct``), grouped by class."""
         labels = self._class_array(labels, n, "labels", n_classes=self.n_classes)
         keep = np.ones(n, dtype=bool)
         if predictions is not None:
@@ -406,26 +535,26 @@ class Monitor:
                 "training inputs correctly (use only_correct=False to use them all)"
             )
         n_classes = int(self.n_classes) if self.n_classes is not None else int(labels.max()) + 1
-        used = labels[keep]
-        order = np.argsort(used, kind="stable")
-        counts = np.bincount(used, minlength=n_classes)
-        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        meta = dict(metadata or {})
-        if model_sha256 is not None:
-            meta["model_sha256"] = str(model_sha256)
+        rows = np.flatnonzero(keep)
+        order = rows[np.argsort(labels[rows], kind="stable")]
+        return _Training(order, np.bincount(labels[rows], minlength=n_classes))
+
+    def _set_fitted(self, layers: list[str], dims: list[int], n_classes: int,
+                    n_fit: np.ndarray, metadata: dict[str, Any],
+                    state: dict[str, dict[str, np.ndarray]]) -> None:
+        """Install a fitted (or loaded) state and derive the query structures from it."""
+        self.__dict__.pop("layers_", None)  # not fitted until the state is whole
+        self.dims_ = dict(zip(layers, (int(d) for d in dims)))
+        self.n_classes_ = int(n_classes)
+        self.n_fit_ = np.asarray(n_fit, dtype=np.int64)
+        self.metadata_ = dict(metadata)
+        self.state_ = state
+        self.layers_ = list(layers)
         try:
-            json.dumps(meta)
-        except (TypeError, ValueError) as exc:
-            raise BoxhackError(f"metadata must be JSON-serialisable: {exc}") from None
-        self.layers_ = list(feats)
-        self.dims_ = {k: int(v.shape[1]) for k, v in feats.items()}
-        self.n_classes_ = n_classes
-        self.n_fit_ = counts.astype(np.int64)
-        self.metadata_ = meta
-        self.state_ = {layer: self._fit_layer(layer, x[keep][order], starts)
-                       for layer, x in feats.items()}  # fmt: skip
-        self._refresh()
-        return self
+            self._refresh()
+        except BaseException:
+            del self.layers_
+            raise
 
     def _refresh(self) -> None:
         self.derived_ = {layer: self._derive(layer, self.state_[layer]) for layer in self.layers_}
@@ -434,9 +563,9 @@ class Monitor:
             batch_size: int = 1024, *, metadata: dict | None = None,
             model_sha256: str | None = None) -> Self:
         """Fit on a model: run ``inputs`` through ``model`` (batched, no grad, eval mode) and
-        fit on the vectors of ``layers`` (a module path or a list of them)."""
-        from boxhack.models.layers import collect
-
+        fit on the vectors of ``layers`` (a module path or a list of them). Records the
+        model's :func:`state_sha256` as ``metadata_["model_state_sha256"]``, so that
+        :func:`~boxhack.monitor.compat.check_compatible` can tell another model apart."""
         names = self._layer_names(model, layers)
         labels_np = _to_numpy(labels, "labels")
         if len(labels_np) != len(inputs):
@@ -444,13 +573,13 @@ class Monitor:
         if len(labels_np) == 0:
             raise BoxhackError("cannot fit a monitor on 0 inputs")
         pred, feats = collect(model, names, inputs, batch_size=batch_size)
-        return self.fit_features(feats, labels_np, pred, metadata=metadata,
+        meta = dict(metadata or {})
+        meta.setdefault("model_state_sha256", state_sha256(model))
+        return self.fit_features(feats, labels_np, pred, metadata=meta,
                                  model_sha256=model_sha256)
 
     @staticmethod
     def _layer_names(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
-        from boxhack.models.layers import get_layer
-
         names = [layers] if isinstance(layers, str) else list(layers)
         if not names:
             raise BoxhackError("give at least one layer to monitor")
@@ -462,8 +591,6 @@ class Monitor:
 
     def with_tolerance(self, tolerance: float, relative_tolerance: bool | None = None) -> Self:
         """A copy with the same fitted state and another tolerance (no refitting)."""
-        import copy
-
         self._check_fitted()
         other = copy.copy(self)
         other.tolerance = tolerance
@@ -500,7 +627,8 @@ class Monitor:
         return out
 
     def novelty_score(self, features: Any, predicted: Any) -> np.ndarray:
-        """float64 (N,): graded novelty (max over layers), larger = more novel."""
+        """float64 (N,): graded novelty (max over layers), larger = more novel; 0 exactly
+        when accepted."""
         feats, pred = self._prepare_query(features, predicted)
         out = None
         for layer in self.layers_:
@@ -522,6 +650,22 @@ class Monitor:
         apply the ReLU first). Computed in the features' dtype (float32 or float64).
         """
         self._check_fitted()
+        feats = self._margin_features(features)
+        if not isinstance(classes, torch.Tensor):
+            classes = torch.as_tensor(np.asarray(classes))
+        out = None
+        for layer in self.layers_:
+            z = self._margin_input(layer, feats[layer])
+            cl = self._margin_classes(classes, z)
+            pre = (preactivation.get(layer, False) if isinstance(preactivation, Mapping)
+                   else bool(preactivation))  # fmt: skip
+            if pre and not self.uses_preactivation:
+                z, pre = torch.relu(z), False
+            m = self._margin_layer(layer, z, cl, pre)
+            out = m if out is None else torch.minimum(out, m)
+        return out
+
+    def _margin_features(self, features: Any) -> dict[str, Any]:
         if isinstance(features, Mapping):
             feats = {str(k): v for k, v in features.items()}
         else:
@@ -531,26 +675,18 @@ class Monitor:
         missing = [layer for layer in self.layers_ if layer not in feats]
         if missing:
             raise BoxhackError(f"margin: no features for monitored layer(s) {missing}")
-        if not isinstance(classes, torch.Tensor):
-            classes = torch.as_tensor(np.asarray(classes))
-        out = None
-        for layer in self.layers_:
-            z = self._margin_input(layer, feats[layer])
-            cl = classes.to(device=z.device, dtype=torch.long).reshape(-1)
-            if cl.numel() != z.shape[0]:
-                raise BoxhackError(f"margin: {cl.numel()} classes for {z.shape[0]} rows")
-            if cl.numel() and (int(cl.min()) < 0 or int(cl.max()) >= self.n_classes_):
-                raise BoxhackError(
-                    f"margin: class index out of range 0..{self.n_classes_ - 1} "
-                    f"(got {int(cl.min())}..{int(cl.max())})"
-                )
-            pre = (preactivation.get(layer, False) if isinstance(preactivation, Mapping)
-                   else bool(preactivation))  # fmt: skip
-            if pre and not self.uses_preactivation:
-                z, pre = torch.relu(z), False
-            m = self._margin_layer(layer, z, cl, pre)
-            out = m if out is None else torch.minimum(out, m)
-        return out
+        return feats
+
+    def _margin_classes(self, classes: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        cl = classes.to(device=z.device, dtype=torch.long).reshape(-1)
+        if cl.numel() != z.shape[0]:
+            raise BoxhackError(f"margin: {cl.numel()} classes for {z.shape[0]} rows")
+        if cl.numel() and (int(cl.min()) < 0 or int(cl.max()) >= self.n_classes_):
+            raise BoxhackError(
+                f"margin: class index out of range 0..{self.n_classes_ - 1} "
+                f"(got {int(cl.min())}..{int(cl.max())})"
+            )
+        return cl
 
     def _margin_input(self, layer: str, z: Any) -> torch.Tensor:
         if not isinstance(z, torch.Tensor):
@@ -566,20 +702,19 @@ class Monitor:
 
     # ------------------------------------------------------------------ model level
     def _relu_layers(self, model: nn.Module) -> tuple[list[str], list[str]]:
-        from boxhack.models.layers import get_layer
-
         relu, other = [], []
         for layer in self.layers_:
             is_relu = self.uses_preactivation and isinstance(get_layer(model, layer), nn.ReLU)
             (relu if is_relu else other).append(layer)
         return relu, other
 
-    def forward_margin(self, model: nn.Module, x: torch.Tensor, classes: Any = None):
+    def forward_margin(self, model: nn.Module, x: torch.Tensor, classes: Any = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """One differentiable forward: ``(logits, margin)``; ``classes=None`` uses the model's
-        predicted class. ReLU layers are tapped before the activation when the abstraction
-        uses pre-activations (their margin keeps a gradient through dead units)."""
-        from boxhack.models.layers import tap
-
+        predicted class (no gradient through the argmax). The model runs in eval mode (its
+        mode is restored). ReLU layers are tapped before the activation when the abstraction
+        uses pre-activations (their margin keeps a gradient through dead units);
+        ``margin >= 0`` equals ``predict(model, x)[1]`` for the same batch."""
         self._check_fitted()
         relu, other = self._relu_layers(model)
         was_training = model.training
@@ -595,20 +730,20 @@ class Monitor:
         return logits, self.margin(feats, classes, preactivation={k: True for k in relu})
 
     def _collect(self, model: nn.Module, inputs: Any, batch_size: int):
-        from boxhack.models.layers import collect
-
         self._check_fitted()
         names = self._layer_names(model, self.layers_)
         if len(inputs) == 0:
             raise BoxhackError("no inputs given (0 rows)")
         return collect(model, names, inputs, batch_size=batch_size)
 
-    def predict(self, model: nn.Module, inputs: Any, *, batch_size: int = 1024):
+    def predict(self, model: nn.Module, inputs: Any, *, batch_size: int = 1024
+                ) -> tuple[np.ndarray, np.ndarray]:
         """``(predicted classes int64 (N,), accepted bool (N,))`` for raw inputs."""
         pred, feats = self._collect(model, inputs, batch_size)
         return pred, self.accepts_features(feats, pred)
 
     def accepts(self, model: nn.Module, inputs: Any, *, batch_size: int = 1024) -> np.ndarray:
+        """Boolean acceptance mask for raw inputs."""
         return self.predict(model, inputs, batch_size=batch_size)[1]
 
     def score_inputs(self, model: nn.Module, inputs: Any, *, batch_size: int = 1024) -> np.ndarray:
@@ -618,10 +753,12 @@ class Monitor:
 
     # ------------------------------------------------------------------ description
     def summary(self) -> dict[str, Any]:
+        """JSON-able description: abstraction, params, layers, dims, training counts, what
+        each layer holds (``layer_state``) and the metadata."""
         self._check_fitted()
         return {
             "abstraction": self.abstraction,
-            "params": _jsonable_params(self.get_params()),
+            "params": jsonable_params(self.get_params()),
             "layers": list(self.layers_),
             "dims": dict(self.dims_),
             "n_classes": self.n_classes_,
@@ -634,33 +771,33 @@ class Monitor:
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.npz`` exactly at ``path`` (atomically; no suffix is appended)."""
         self._check_fitted()
-        path = Path(path)
+        meta, arrays = self._file_contents()
+        return write_file(path, meta, arrays)
+
+    def _file_contents(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The header and the arrays of this monitor's file (format version 2)."""
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "abstraction": self.abstraction,
-            "params": _jsonable_params(self.get_params()),
+            "params": jsonable_params(self.get_params()),
             "layers": list(self.layers_),
             "dims": [int(self.dims_[k]) for k in self.layers_],
             "n_classes": self.n_classes_,
             "metadata": self.metadata_,
             "state": {str(i): sorted(self.state_[layer]) for i, layer in enumerate(self.layers_)},
         }
-        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta)), "n_fit": self.n_fit_}
+        arrays: dict[str, np.ndarray] = {"n_fit": self.n_fit_}
         for i, layer in enumerate(self.layers_):
             for name, value in self.state_[layer].items():
                 arrays[f"L{i}.{name}"] = np.asarray(value)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        return path
+        return meta, arrays
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Monitor:
+    def load(cls, path: str | os.PathLike) -> Self:
         """Read a monitor file; on a subclass, the file must hold that abstraction."""
-        from boxhack.monitor.registry import load_monitor
-
         monitor = load_monitor(path)
-        if cls is not Monitor and not isinstance(monitor, cls):
+        if not isinstance(monitor, cls):
             raise BoxhackError(
                 f"{path} holds a {monitor.abstraction!r} monitor, not a {cls.abstraction!r} one; "
                 f"load it with boxhack.monitor.load_monitor"
@@ -669,62 +806,101 @@ class Monitor:
 
     @classmethod
     def _from_file(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                   source: str) -> Monitor:
-        """Rebuild a monitor of this class from a version-2 file's header and arrays."""
+                   source: str) -> Self:
+        """Rebuild a monitor of this class from a version-2 file's header and arrays,
+        checking everything a hand edit or a corrupt file could garble."""
+        bad = file_error(source)
+        header = parse_header(meta, bad)
+        monitor = cls._from_params(header, bad)
+        state = _layered_state(meta, arrays, header, bad)
+        return monitor._install_loaded(header, arrays.get("n_fit"), state, bad)
 
-        def bad(msg: str) -> BoxhackError:
-            return BoxhackError(f"{source} is not a valid boxhack monitor file: {msg}")
-
-        try:
-            params = dict(meta["params"])
-            layers = [str(x) for x in meta["layers"]]
-            dims = [int(x) for x in meta["dims"]]
-            n_classes = int(meta["n_classes"])
-            user_meta = dict(meta.get("metadata") or {})
-            names = {str(k): [str(n) for n in v] for k, v in dict(meta["state"]).items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"its header lacks or garbles a field ({exc})") from None
-        if len(dims) != len(layers) or not layers or n_classes < 1 or min(dims) < 1:
-            raise bad("layers, dims and n_classes do not fit together")
-        unknown = set(params) - set(cls.PARAMS)
+    @classmethod
+    def _from_params(cls, header: Header, bad: Callable[[str], BoxhackError]) -> Self:
+        """A monitor built from a file's parameters, each checked as the constructor would."""
+        unknown = set(header.params) - set(cls.PARAMS)
         if unknown:
             raise bad(f"unknown parameters {sorted(unknown)} for a {cls.abstraction!r} monitor")
-        monitor = cls(**params)
+        monitor = cls(**header.params)
         try:
             monitor._validate_params()
         except BoxhackError as exc:
             raise bad(str(exc)) from None
-        n_fit = arrays.get("n_fit")
-        if (n_fit is None or n_fit.dtype != np.int64 or n_fit.shape != (n_classes,)
-                or (n_fit < 0).any()):
-            raise bad("n_fit must be int64 counts >= 0, one per class")
-        state = {}
-        for i, (layer, d) in enumerate(zip(layers, dims)):
-            keys = names.get(str(i))
-            if keys is None:
-                raise bad(f"no state listed for layer {layer!r}")
-            try:
-                state[layer] = {k: arrays[f"L{i}.{k}"] for k in keys}
-            except KeyError as exc:
-                raise bad(f"array {exc} missing") from None
-            problem = monitor._check_layer_state(layer, state[layer], d, n_classes)
+        if monitor.n_classes is not None and monitor.n_classes != header.n_classes:
+            raise bad(f"parameter n_classes={monitor.n_classes} but the file has "
+                      f"{header.n_classes} classes")
+        return monitor
+
+    def _install_loaded(self, header: Header, n_fit: np.ndarray | None,
+                        state: dict[str, dict[str, np.ndarray]],
+                        bad: Callable[[str], BoxhackError]) -> Self:
+        """Check a loaded state layer by layer (finite, the abstraction's own checks, the
+        training counts against ``n_fit``) and install it."""
+        problem = _n_fit_problem(n_fit, header.n_classes)
+        if problem:
+            raise bad(problem)
+        for layer, d in zip(header.layers, header.dims):
+            problem = (_nonfinite(state[layer])
+                       or self._check_layer_state(layer, state[layer], d, header.n_classes))
             if problem:
                 raise bad(f"layer {layer!r}: {problem}")
-        monitor.layers_ = layers
-        monitor.dims_ = dict(zip(layers, dims))
-        monitor.n_classes_ = n_classes
-        monitor.n_fit_ = n_fit
-        monitor.metadata_ = user_meta
-        monitor.state_ = state
-        monitor._refresh()
-        return monitor
+            held = self._fit_counts(state[layer], header.n_classes)
+            if held is not None and not np.array_equal(held, n_fit):
+                raise bad(f"the sets of layer {layer!r} hold {held.tolist()} training vectors "
+                          f"per class, n_fit says {n_fit.tolist()}")
+        try:
+            self._set_fitted(header.layers, header.dims, header.n_classes, n_fit,
+                             header.metadata, state)
+        except BoxhackError as exc:
+            raise bad(str(exc)) from None
+        return self
+
+
+def _fit_metadata(metadata: Mapping[str, Any] | None, model_sha256: str | None) -> dict[str, Any]:
+    meta = dict(metadata or {})
+    if model_sha256 is not None:
+        meta["model_sha256"] = str(model_sha256)
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BoxhackError(f"metadata must be JSON-serialisable: {exc}") from None
+    for key in HASH_KEYS:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise BoxhackError(f"metadata {key!r} must be a hash string, got {meta[key]!r}")
+    return meta
+
+
+def _layered_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], header: Header,
+                   bad: Callable[[str], BoxhackError]) -> dict[str, dict[str, np.ndarray]]:
+    """Layer i's arrays ``L<i>.<name>`` as listed in the header's ``state``; a listing that is
+    not one list of names per layer, a missing array or an unlisted one is refused."""
+    listing = meta.get("state")
+    want = {str(i) for i in range(len(header.layers))}
+    if (not isinstance(listing, dict) or set(listing) != want
+            or not all(isinstance(v, list) and all(isinstance(n, str) and n for n in v)
+                       for v in listing.values())):
+        raise bad(f"'state' must list the array names of each layer ({sorted(want)})")
+    state: dict[str, dict[str, np.ndarray]] = {}
+    expected = {"meta", "n_fit"}
+    for i, layer in enumerate(header.layers):
+        names = listing[str(i)]
+        expected.update(f"L{i}.{name}" for name in names)
+        missing = [f"L{i}.{name}" for name in names if f"L{i}.{name}" not in arrays]
+        if missing:
+            raise bad(f"array {missing[0]!r} missing")
+        state[layer] = {name: arrays[f"L{i}.{name}"] for name in names}
+    extra = sorted(set(arrays) - expected)
+    if extra:
+        raise bad(f"unexpected arrays {extra}")
+    return state
 
 
 # ----------------------------------------------------------------------------- clustering
 class ClusteredMonitor(Monitor):
     """A monitor whose abstraction of a class is a union of sets, one per k-means cluster of
     the class's vectors (fixed ``n_clusters`` or the elbow rule; see
-    :mod:`boxhack.monitor.clustering`)."""
+    :mod:`boxhack.monitor.clustering`). Its layer states hold ``cluster_class`` (int64, the
+    class of each set, sorted) and ``cluster_count`` (int64, training vectors per set)."""
 
     PARAMS: ClassVar[tuple[str, ...]] = Monitor.PARAMS + (
         "n_clusters", "clustering_threshold", "max_clusters", "seed", "n_init")  # fmt: skip
@@ -763,11 +939,17 @@ class ClusteredMonitor(Monitor):
 
     def _cluster_rows(self, x: np.ndarray, starts: np.ndarray):
         """All clusters of all classes: ``(rows, cluster_class int64 (B,), cluster_count int64
-        (B,))`` where ``rows[b]`` are cluster b's float32 rows; classes in order."""
+        (B,))`` where ``rows[b]`` are cluster b's float32 rows (in their training order);
+        classes in order, a class's clusters in label order."""
         rows, cls = [], []
-        for c, r, _ in self._clustered(x, starts):
-            rows.append(r)
-            cls.append(c)
+        for c in range(len(starts) - 1):
+            xc = x[starts[c]:starts[c + 1]]
+            if len(xc) == 0:
+                continue
+            result = self._clusters(xc)
+            for j in range(result.k):
+                rows.append(xc if result.k == 1 else xc[result.labels == j])
+                cls.append(c)
         return (rows, np.asarray(cls, dtype=np.int64).reshape(-1),
                 np.asarray([len(r) for r in rows], dtype=np.int64).reshape(-1))
 
@@ -798,19 +980,14 @@ class ClusteredMonitor(Monitor):
             return "cluster_count has a cluster without training vectors"
         return None
 
+    def _fit_counts(self, state: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray | None:
+        if self._cluster_problem(state, n_classes):  # a subclass that does not check them
+            return None
+        out = np.zeros(n_classes, dtype=np.int64)
+        np.add.at(out, state["cluster_class"], state["cluster_count"])
+        return out
+
     def _describe_layer(self, layer: str) -> dict[str, Any]:
         cc = self.state_[layer]["cluster_class"]
         return {"n_sets": len(cc),
                 "sets_per_class": np.bincount(cc, minlength=self.n_classes_).tolist()}
-
-    def _clustered(self, x: np.ndarray, starts: np.ndarray):
-        """Yield ``(class, cluster rows (float32), cluster centre (float64))`` for every
-        cluster of every class, classes in order, clusters in label order."""
-        for c in range(len(starts) - 1):
-            xc = x[starts[c]:starts[c + 1]]
-            if len(xc) == 0:
-                continue
-            result = self._clusters(xc)
-            for j in range(result.k):
-                rows = xc[result.labels == j]
-                yield c, rows, rows.astype(np.float64).mean(0)

@@ -57,7 +57,7 @@ _CONTROLLER = None
 def _thread_limit():
     """A context limiting OpenMP/BLAS threads to KMEANS_THREADS (libraries scanned once)."""
     global _CONTROLLER
-    from threadpoolctl import ThreadpoolController
+    from threadpoolctl import ThreadpoolController  # scans the loaded libraries: only to fit
 
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
@@ -65,7 +65,7 @@ def _thread_limit():
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int):
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # scikit-learn takes ~1 s to import: only to fit
     from sklearn.exceptions import ConvergenceWarning
 
     km = KMeans(n_clusters=k, n_init=n_init, random_state=seed, algorithm="lloyd")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from boxhack.errors import BoxhackError
-from boxhack.monitor.base import Monitor, _jsonable_params
+from boxhack.monitor.base import Monitor, jsonable_params
 from boxhack.monitor.registry import monitor_class, register
 
 __all__ = ["CompositeMonitor"]
@@ -39,7 +39,7 @@ _SHARED = ("tolerance", "relative_tolerance", "only_correct", "n_classes")
 def _spec(member: Any) -> dict[str, Any]:
     if isinstance(member, Monitor):
         params = {k: v for k, v in member.get_params().items() if k not in _SHARED}
-        return {"abstraction": member.abstraction, "params": _jsonable_params(params)}
+        return {"abstraction": member.abstraction, "params": jsonable_params(params)}
     if isinstance(member, Mapping) and isinstance(member.get("abstraction"), str):
         params = dict(member.get("params") or {})
         return {"abstraction": member["abstraction"],
@@ -169,7 +169,20 @@ class CompositeMonitor(Monitor):
         extra = set(state) - known
         if extra:
             return f"unexpected arrays {sorted(extra)} for a composite of {len(self._members)}"
+        counts = [(i, c) for i, c in self._member_counts(state, n_classes) if c is not None]
+        for i, c in counts[1:]:
+            if not np.array_equal(c, counts[0][1]):
+                return (f"member {i} holds {c.tolist()} training vectors per class, member "
+                        f"{counts[0][0]} {counts[0][1].tolist()}")
         return None
+
+    def _member_counts(self, state: Mapping[str, np.ndarray], n_classes: int):
+        return [(i, m._fit_counts(self._member_state(i, state), n_classes))
+                for i, m in enumerate(self._members)]  # fmt: skip
+
+    def _fit_counts(self, state: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray | None:
+        """The members' (equal, see ``_check_layer_state``) training counts."""
+        return next((c for _, c in self._member_counts(state, n_classes) if c is not None), None)
 
     def _describe_layer(self, layer: str) -> dict[str, Any]:
         return {"members": [{"abstraction": m.abstraction, **m._describe_layer(layer)}

@@ -178,7 +178,7 @@ class _Cluster:
     def distance(self, vp: np.ndarray):
         """(t*, a): the L-inf distance of v' to the hull and the dual direction (||a||_1 = 1
         when t* > 0) of the separating hyperplane ``a.x <= max_p a.p``."""
-        from scipy.optimize import linprog
+        from scipy.optimize import linprog  # a heavy import, only for the hull's LPs
 
         if self.m == 1:
             diff = vp - self.points[0]
@@ -200,7 +200,7 @@ class _Cluster:
     def exit_facet(self, vp: np.ndarray):
         """Unit normal a of a supporting hyperplane of H where the ray from the centroid
         through v' leaves H (None if the LP cannot give one)."""
-        from scipy.optimize import linprog
+        from scipy.optimize import linprog  # a heavy import, only for the hull's LPs
 
         w = vp - self.center
         if self.m == 1 or not np.any(w):

@@ -2,10 +2,12 @@
 fallback.
 
 Every kernel is compiled twice, parallel (``prange`` over rows) and serial. The parallel one
-runs only on batches large enough to pay for waking the threads and when the machine is not
-oversubscribed: on shared cores (load average >= usable cores) an OpenMP region waits for
-descheduled threads and a 20k-row batch takes a whole scheduler slice (measured: ~20 ms for
-work of ~2 ms). Rows are computed independently, so both give identical results.
+runs only on batches large enough to pay for waking the threads and when at least two cores
+are free (load average, less this process, at most usable cores - 2), on as many threads as
+cores are free: on shared cores a parallel region waits for descheduled threads and a
+20k-row batch takes a whole scheduler slice (measured: ~20 ms for work of ~2 ms; the box
+kernel on 100k rows at load average 1.7 on 2 cores: 13 M decisions/s parallel, 40 M/s
+serial). Rows are computed independently, so both give identical results.
 ``BOXHACK_KERNEL_THREADS=1`` forces the serial twin.
 
 numba is a dependency; should it fail to import, the kernels run as ordinary (slow) Python
@@ -19,8 +21,8 @@ import time
 import types
 
 try:  # pragma: no cover - depends on the installation
+    from numba import get_num_threads, prange, set_num_threads
     from numba import njit as _njit
-    from numba import prange
 
     HAVE_NUMBA = True
 except Exception:  # noqa: BLE001 # pragma: no cover - a broken numba install
@@ -35,7 +37,7 @@ except Exception:  # noqa: BLE001 # pragma: no cover - a broken numba install
 
 PARALLEL_MIN_ROWS = 50_000
 _LOAD_CHECK_SECONDS = 1.0
-_load = [0.0, False]  # [time of the last check, contended?]
+_load = [0.0, 1.0]  # [time of the last check, free cores]
 
 
 def njit(*, parallel: bool = False):
@@ -43,17 +45,24 @@ def njit(*, parallel: bool = False):
     return _njit(parallel=parallel, cache=True, nogil=True, fastmath=False)
 
 
-def contended() -> bool:
-    """True when the machine looks oversubscribed (checked at most once a second)."""
+def free_cores() -> float:
+    """Usable cores not busy with other work: usable cores - (load average - 1), the 1 being
+    this process (checked at most once a second)."""
     now = time.monotonic()
     if now - _load[0] > _LOAD_CHECK_SECONDS:
         try:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            _load[1] = os.getloadavg()[0] >= (cpus or 1)
+            _load[1] = (cpus or 1) - max(0.0, os.getloadavg()[0] - 1.0)
         except OSError:
-            _load[1] = False
+            _load[1] = 1.0
         _load[0] = now
-    return bool(_load[1])
+    return float(_load[1])
+
+
+def contended() -> bool:
+    """True when fewer than two cores are free: a parallel region would wait on threads that
+    other processes keep off the cores."""
+    return free_cores() < 2
 
 
 def _twin(fn, suffix: str):
@@ -77,9 +86,20 @@ class Kernel:
         self.__doc__ = fn.__doc__
 
     def __call__(self, rows: int, *args):
-        serial = (rows < PARALLEL_MIN_ROWS or os.environ.get("BOXHACK_KERNEL_THREADS") == "1"
-                  or contended())
-        return (self.serial if serial else self.parallel)(*args)
+        if (rows < PARALLEL_MIN_ROWS or os.environ.get("BOXHACK_KERNEL_THREADS") == "1"
+                or contended()):
+            return self.serial(*args)
+        if not HAVE_NUMBA:  # pragma: no cover - the plain-Python fallback
+            return self.parallel(*args)
+        threads = get_num_threads()
+        use = min(threads, max(2, int(free_cores())))
+        if use < 2:  # numba itself runs on one thread
+            return self.serial(*args)
+        set_num_threads(use)
+        try:
+            return self.parallel(*args)
+        finally:
+            set_num_threads(threads)
 
 
 def kernel(fn) -> Kernel:
@@ -87,4 +107,5 @@ def kernel(fn) -> Kernel:
     return Kernel(fn)
 
 
-__all__ = ["HAVE_NUMBA", "PARALLEL_MIN_ROWS", "Kernel", "contended", "kernel", "njit", "prange"]
+__all__ = ["HAVE_NUMBA", "PARALLEL_MIN_ROWS", "Kernel", "contended", "free_cores", "kernel", "njit",
+           "prange"]

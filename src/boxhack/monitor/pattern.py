@@ -335,6 +335,11 @@ class PatternMonitor(Monitor):
             return f"unexpected arrays {sorted(extra)} for a pattern monitor"
         return None
 
+    def _fit_counts(self, state: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
+        out = np.zeros(n_classes, dtype=np.int64)
+        np.add.at(out, state["pattern_class"], state["pattern_count"])
+        return out
+
     def _describe_layer(self, layer: str) -> dict[str, Any]:
         cls = self.state_[layer]["pattern_class"]
         return {"n_patterns": len(cls),

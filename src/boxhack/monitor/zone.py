@@ -447,10 +447,7 @@ class _PairMonitor(ClusteredMonitor):
         """The float32 bounds of ``layer`` (default: the first), optionally of one class:
         ``{"box_lo", "box_hi", "diff_lo", ...}``, rows = clusters, pair columns in
         ``np.triu_indices(d, 1)`` order; ``tight=True`` gives them before the tolerance."""
-        self._check_fitted()
-        layer = self.layers_[0] if layer is None else layer
-        if layer not in self.layers_:
-            raise BoxhackError(f"layer {layer!r} is not monitored; monitored: {self.layers_}")
+        layer = self._resolve_layer(layer)
         src = self.state_[layer] if tight else self._widened(self.state_[layer])
         sel = slice(None)
         if cls is not None:

@@ -110,12 +110,14 @@ def _fit(args) -> int:
 
 
 def _print_boxes(monitor) -> None:
+    """One line per layer: its width and how many sets (boxes, balls, patterns...) per class."""
     s = monitor.summary()
-    rows = [
-        {"layer": layer, "width": s["dims"][layer], "boxes": s["n_boxes"][layer],
-         "boxes per class": ",".join(map(str, s["boxes_per_class"][layer]))}
-        for layer in s["layers"]
-    ]  # fmt: skip
+    rows = []
+    for layer in s["layers"]:
+        state = s.get("layer_state", {}).get(layer, {})
+        rows.append({"layer": layer, "abstraction": s.get("abstraction", "box"),
+                     "width": s["dims"][layer], "sets": state.get("n_sets", "-"),
+                     "sets per class": ",".join(map(str, state.get("sets_per_class", [])))})
     print_table(rows, file=sys.stdout)
 
 

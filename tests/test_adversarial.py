@@ -217,7 +217,7 @@ def test_cli_attack_adversarial(small, tmp_path, capsys):
     monitor = next((small["root"] / "monitors").glob("mnist3-*-k1-tol0.npz"))
     out = tmp_path / "rows.jsonl"
     code = main(["attack", "adversarial", "--model", str(model_dir), "--monitor", str(monitor),
-                 "--attack", "fgsm", "--eps", "0.2", "--n", "10", "--out", str(out),
+                 "--method", "fgsm", "--eps", "0.2", "--n", "10", "--out", str(out),
                  "--png", str(tmp_path / "x.png"), "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -227,7 +227,7 @@ def test_cli_attack_adversarial(small, tmp_path, capsys):
     assert summary["flipped_and_accepted"] == sum(r["flipped"] and r["accepted"] for r in rows)
     assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["attack", "adversarial", "--model", str(model_dir), "--monitor", str(monitor),
-                 "--attack", "cw", "--param", "nope=1", "--n", "2"]) == 2
+                 "--method", "cw", "--param", "nope=1", "--n", "2"]) == 2
     assert "no parameter 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["attack", "adversarial", "--model", str(model_dir), "--monitor", str(monitor),

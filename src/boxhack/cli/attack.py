@@ -246,7 +246,6 @@ def _register_adversarial(asub) -> None:
     add_target_args(p)
     p.add_argument("--method", default="fgsm", choices=FOOLBOX_ATTACKS, metavar="NAME",
                    help=f"Foolbox attack (default fgsm): {', '.join(FOOLBOX_ATTACKS)}")
-    p.add_argument("--attack", dest="method", choices=FOOLBOX_ATTACKS, help=argparse.SUPPRESS)
     add_goal_args(p, ("misclassify", "combined"), "misclassify",
                   "what the attack must achieve (combined: misclassified and accepted)")
     p.add_argument("--criterion", dest="goal", choices=("misclassify", "combined"),

@@ -4,7 +4,8 @@ description, the flags from its ``options`` (``--name-with-dashes``; lists comma
 booleans as ``--flag`` / ``--no-flag``; JSON values as text), plus the flags every experiment
 shares (:func:`boxhack.cli.common.add_campaign_args`). A thin layer over :func:`boxhack.workflow.run`.
 
-A registered experiment whose module cannot be loaded still gets its sub-command: running it
+Each sub-command's parser is built when it is chosen (so ``boxhack --help`` imports no torch).
+A registered experiment whose module cannot be loaded still has its sub-command: running it
 says why, in one line (exit 2); it never disappears from the CLI quietly.
 """
 
@@ -17,11 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from boxhack.cli.common import add_campaign_args, print_table
-from boxhack.errors import BoxhackError
 from boxhack.experiments.spec import Experiment, Option, Settings
-from boxhack.workflow import registry, run
+from boxhack.workflow import registry
 
-__all__ = ["option_values", "register", "settings_from"]
+__all__ = ["experiment_parser", "option_values", "register", "settings_from"]
 
 
 def settings_from(args: argparse.Namespace, quick: bool) -> Settings:
@@ -123,22 +123,37 @@ def register(sub) -> None:
         "experiment", help="run one of the paper's experiments",
         description="Run one experiment of the paper as a resumable campaign (JSONL rows, "
                     "summary, figures) into OUT/<experiment>/. The experiments: "
-                    + ", ".join(registry.names()) + ".",
+                    + ", ".join(registry.names()) + ". `boxhack experiment NAME --help` "
+                    "lists an experiment's options.",
     )  # fmt: skip
     group = p.add_subparsers(dest="experiment_command", metavar="EXPERIMENT")
     group.required = True
     for name in registry.names():
-        try:
-            experiment = registry.declaration(name)
-        except BoxhackError as exc:
-            _register_broken(group, name, exc)
-            continue
-        _register_one(group, experiment)
+        # The experiment's own parser is built when it is chosen: declaring its options loads
+        # its module (torch, SciPy), which `boxhack --help` must not pay for.
+        q = group.add_parser(name, help=registry.EXPERIMENTS[name].summary, add_help=False,
+                             prefix_chars="\0")  # fmt: skip
+        q.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        q.set_defaults(handler=lambda args, _name=name: _dispatch(_name, args.rest))
 
 
-def _register_one(group, experiment: Experiment) -> None:
-    p = group.add_parser(experiment.name, help=experiment.title,
-                         description=f"{experiment.title}. {experiment.description}")
+def experiment_parser(name: str) -> argparse.ArgumentParser:
+    """``boxhack experiment NAME``'s parser, generated from the experiment's declaration."""
+    from boxhack.cli import BoxhackParser
+
+    experiment = registry.declaration(name)  # a module that cannot load: one-line error
+    parser = BoxhackParser(prog=f"boxhack experiment {name}",
+                           description=f"{experiment.title}. {experiment.description}")
+    _add_arguments(parser, experiment)
+    return parser
+
+
+def _dispatch(name: str, argv: list[str]) -> int:
+    args = experiment_parser(name).parse_args(argv)
+    return _run(registry.declaration(name), args)
+
+
+def _add_arguments(p: argparse.ArgumentParser, experiment: Experiment) -> None:
     p.add_argument("--out", required=True, help="run directory, e.g. runs/paper")
     p.add_argument("--quick", action="store_true",
                    help="the small grid (each option's --quick default below)")
@@ -147,23 +162,11 @@ def _register_one(group, experiment: Experiment) -> None:
     add_campaign_args(p)
     for option in experiment.options:
         _add_option(p, option)
-    p.set_defaults(handler=lambda args: _run(experiment, args))
-
-
-def _register_broken(group, name: str, error: BoxhackError) -> None:
-    """A sub-command for an experiment that cannot be loaded: it says why when run."""
-    # no option prefix: every argument given (``--n 3`` too) is taken, none is refused
-    p = group.add_parser(name, help=f"(cannot be loaded: {error})", add_help=False,
-                         prefix_chars="\0")
-    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
-
-    def fail(args: argparse.Namespace) -> int:
-        raise error
-
-    p.set_defaults(handler=fail)
 
 
 def _run(experiment: Experiment, args: argparse.Namespace) -> int:
+    from boxhack.workflow import run  # keeps --help fast (torch)
+
     summary = run(experiment.name, args.out, settings_from(args, args.quick),
                   option_values(experiment, args), models_root=args.models_root)  # fmt: skip
     for table in summary.get("tables") or []:

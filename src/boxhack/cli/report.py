@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from boxhack.errors import BoxhackError
-from boxhack.workflow import check_report, rebuild_report, render_report, unknown_experiments
 
 
 def register(sub) -> None:
@@ -35,6 +34,9 @@ def register(sub) -> None:
 
 
 def _report(args) -> int:
+    # imported here: keeps `boxhack --help` fast (torch, matplotlib)
+    from boxhack.workflow import check_report, rebuild_report, render_report, unknown_experiments
+
     run_dir = Path(args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise BoxhackError(f"RUN_DIR {run_dir} is a file; give a run directory")

@@ -1,12 +1,11 @@
 """``boxhack reproduce``: every experiment of the paper into one run directory and report (a
-thin layer over :func:`boxhack.workflow.reproduce`)."""
+thin layer over :func:`boxhack.workflow.reproduction`)."""
 
 from __future__ import annotations
 
 import sys
 
 from boxhack.cli.common import add_campaign_args
-from boxhack.workflow import failed_experiments, reproduce, resolve_only
 from boxhack.workflow.registry import names
 
 
@@ -31,6 +30,8 @@ def register(sub) -> None:
 
 
 def _reproduce(args) -> int:
+    from boxhack.workflow import failed_experiments, reproduce, resolve_only  # fast --help
+
     if args.only is not None:
         resolve_only(args.only)  # a typo fails before anything runs
     report = reproduce(

@@ -1,6 +1,6 @@
 """The self-contained HTML report of a run directory.
 
-A run directory (written by :func:`boxhack.workflow.reproduce`, or by running experiments one
+A run directory (written by :func:`boxhack.workflow.reproduction`, or by running experiments one
 by one into the same directory) holds one sub-directory per experiment with its
 ``config.json``, ``rows.jsonl`` and ``summary.json``, plus ``run.json``, the record of the
 ``reproduce`` invocations (configuration, seeds, versions, per-experiment status and wall

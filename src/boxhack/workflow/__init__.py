@@ -10,17 +10,25 @@ nothing below imports it.
   HTML report, and the report rebuilt from the rows alone.
 """
 
-from boxhack.workflow.reproduce import (
-    check_report,
-    comparable,
-    failed_experiments,
-    rebuild_report,
-    render_report,
-    reproduce,
-    resolve_only,
-    unknown_experiments,
-)
-from boxhack.workflow.runner import run, summarise
+import importlib
+from typing import Any
+
+# The names below load on first use (PEP 562), so that importing boxhack.workflow.registry -
+# as `boxhack --help` does - does not import torch, SciPy or matplotlib.
+_LAZY = {
+    "check_report": "reproduction", "comparable": "reproduction", "failed_experiments": "reproduction",
+    "rebuild_report": "reproduction", "render_report": "reproduction", "reproduce": "reproduction",
+    "resolve_only": "reproduction", "unknown_experiments": "reproduction", "run": "runner",
+    "summarise": "runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"boxhack.workflow.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'boxhack.workflow' has no attribute {name!r}")
+
 
 __all__ = [
     "check_report",

@@ -38,6 +38,7 @@ class Entry:
 
     experiment: str  # the module declaring EXPERIMENT
     presenter: str  # the module declaring PRESENTER
+    summary: str = ""  # one line for `boxhack experiment --help` (modules not loaded)
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,16 @@ class Registered:
 
 
 EXPERIMENTS: dict[str, Entry] = {
-    "novelty": Entry("boxhack.experiments.novelty", "boxhack.report.novelty"),
-    "solvers": Entry("boxhack.experiments.solvers", "boxhack.report.solvers"),
-    "adversarial": Entry("boxhack.experiments.adversarial", "boxhack.report.adversarial"),
-    "combined": Entry("boxhack.experiments.combined", "boxhack.report.combined"),
-    "gradient": Entry("boxhack.experiments.gradient", "boxhack.report.gradient"),
+    "novelty": Entry("boxhack.experiments.novelty", "boxhack.report.novelty",
+                     "the networks and the monitor's novelty detection (Outside the Box)"),
+    "solvers": Entry("boxhack.experiments.solvers", "boxhack.report.solvers",
+                     "the SciPy optimisation attacks, solver by solver (paper figures 5-7)"),
+    "adversarial": Entry("boxhack.experiments.adversarial", "boxhack.report.adversarial",
+                         "adversarial samples against classifier and monitor (paper figure 8)"),
+    "combined": Entry("boxhack.experiments.combined", "boxhack.report.combined",
+                      "adversarial samples repaired to pass the monitor (paper figure 9)"),
+    "gradient": Entry("boxhack.experiments.gradient", "boxhack.report.gradient",
+                      "monitor-aware gradient attacks: robustness curves (beyond the paper)"),
 }
 
 

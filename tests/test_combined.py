@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from stored_attacks import recheck_rows
 
+from boxhack.attacks.combined import CombinedResult, combined_attack
 from boxhack.attacks.records import within_budget
 from boxhack.errors import BoxhackError
-from boxhack.attacks.combined import CombinedResult, combined_attack
 
 
 @pytest.fixture(scope="module")

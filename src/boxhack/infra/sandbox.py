@@ -34,6 +34,7 @@ workers) and never re-import the user's ``__main__`` script.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib
 import mmap
 import os
@@ -212,7 +213,7 @@ def _vm_size_bytes() -> int | None:
 def _set_memory_limit(limit_bytes: int | None):
     """Lower the soft RLIMIT_AS to current size + limit; returns a function that undoes it."""
     try:
-        import resource
+        import resource  # a local import: the module exists on POSIX systems only
     except ImportError:  # not POSIX
         return lambda: None
     if limit_bytes is None:
@@ -234,8 +235,6 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

@@ -1,5 +1,5 @@
-"""Foolbox adapter, monitor criterion, decision-only attacker and ``attack adversarial`` CLI, on
-the small 3-class MNIST network (the ``adversarial`` experiment: test_adversarial_experiment.py)."""
+"""Foolbox adapter, monitor goal as a Foolbox criterion, decision-only attacker and ``attack adversarial``
+CLI, on the small 3-class MNIST network (the ``adversarial`` experiment: test_adversarial_experiment.py)."""
 
 import json
 import subprocess
@@ -60,16 +60,16 @@ def test_fgsm_every_verdict_is_reverified(small):
     assert r.info["attack"] == "fgsm" and r.info["norm"] == "linf" and r.info["epsilon"] == 0.2
 
 
-@pytest.mark.parametrize("attack,eps,criterion", [
+@pytest.mark.parametrize("attack,eps,goal", [
     ("fgsm", 0.1, "misclassify"), ("fgsm", 0.1, "combined"), ("pgd-linf", 0.1, "misclassify"),
     ("deepfool-linf", 0.05, "misclassify"), ("fgm-l2", 1.0, "misclassify"),
     ("pgd-l2", 1.0, "combined"), ("deepfool-l2", 0.5, "misclassify"), ("cw-l2", 0.5, "combined"),
 ])  # fmt: skip
-def test_budgets_hold_exactly_in_float32(small, attack, eps, criterion):
+def test_budgets_hold_exactly_in_float32(small, attack, eps, goal):
     """Foolbox computes x0 + float32(0.1), which is 0.10000000149 from x0: every budgeted
     Foolbox result is stepped back inside the budget as `boxhack verify` measures it."""
     m, mon, x, y = small["model"], small["monitor"], small["x"], small["y"]
-    r = run_adversarial(m, mon, x, y, attack, eps, criterion=criterion, budget="quick")
+    r = run_adversarial(m, mon, x, y, attack, eps, goal=goal, budget="quick")
     norm = get_spec(attack).norm
     assert r.info["budget"] == {"norm": norm, "eps": eps}
     assert within_budget(r.x0, r.x, r.info["budget"]).all()
@@ -86,10 +86,10 @@ def test_decision_attack_budget_holds_exactly(small):
     assert within_budget(r.x0, r.x, r.info["budget"]).all()
 
 
-def test_combined_criterion_with_gradient_attack(small):
+def test_combined_goal_with_gradient_attack(small):
     m, mon, x, y = small["model"], small["monitor"], small["x"], small["y"]
     plain = run_adversarial(m, mon, x, y, "fgsm", 0.3)
-    comb = run_adversarial(m, mon, x, y, "fgsm", 0.3, criterion="combined")
+    comb = run_adversarial(m, mon, x, y, "fgsm", 0.3, goal="combined")
     assert comb.goal == "combined"
     # every success is misclassified AND accepted, also when each input is judged alone
     assert np.array_equal(comb.success, (comb.pred != y) & comb.accepted)
@@ -101,7 +101,7 @@ def test_combined_criterion_with_gradient_attack(small):
     assert all(0 < e <= 0.3 + 1e-9 for e in comb.info["eps_used"])
 
 
-def test_criterion_is_a_foolbox_misclassification(small):
+def test_combined_goal_is_a_foolbox_misclassification(small):
     import eagerpy as ep
     import foolbox as fb
 
@@ -151,7 +151,7 @@ def test_decision_only_wrapper_and_clipping(small):
     assert within_budget(r.x0, r.x, {"norm": "l2", "eps": 1.0}).all() and r.goal == "combined"
 
 
-def test_starting_points_meet_the_criterion(small):
+def test_starting_points_meet_the_goal(small):
     m, mon, x, y = small["model"], small["monitor"], small["x"][:12], small["y"][:12]
     starts, found, info = find_starting_points(m, mon, x, y, method="dataset")  # pool = inputs
     assert found.sum() >= 10 and info["pool_queries"] == 12
@@ -179,7 +179,8 @@ def test_minimal_attack_sweep_clips_one_run(small):
         ({"epsilon": -0.1}, ">= 0"),
         ({"epsilon": float("nan")}, "finite"),
         ({"attack": "fgsmx"}, "unknown attack 'fgsmx'"),
-        ({"criterion": "evade"}, "unknown criterion"),
+        ({"goal": "evade"}, "unknown goal 'evade'"),
+        ({"goal": "dos"}, "unknown goal 'dos' for a Foolbox attack"),
         ({"epsilon": None}, "fixed-budget"),
         ({"steps": 3}, "no parameter 'steps'"),
         ({"inputs": np.full((3, 1, 28, 28), 2.0, np.float32)}, "[0, 1]"),
@@ -194,6 +195,16 @@ def test_bad_input_clear_errors(small, kwargs, message):
     with pytest.raises(BoxhackError, match=message.replace("[", r"\[").replace("]", r"\]")
                        .replace(".", r"\.")):
         run_adversarial(small["model"], small["monitor"], inputs, labels, **args)
+
+
+def test_criterion_is_a_deprecated_spelling_of_goal(small):
+    m, mon, x, y = small["model"], small["monitor"], small["x"][:6], small["y"][:6]
+    with pytest.warns(DeprecationWarning, match="goal="):
+        old = run_adversarial(m, mon, x, y, "fgsm", 0.2, criterion="combined")
+    new = run_adversarial(m, mon, x, y, "fgsm", 0.2, goal="combined")
+    assert old.goal == new.goal == "combined" and np.array_equal(old.x, new.x)
+    with pytest.raises(BoxhackError, match="disagree"), pytest.warns(DeprecationWarning):
+        run_adversarial(m, mon, x, y, "fgsm", 0.2, goal="combined", criterion="misclassify")
 
 
 def test_registry_and_aliases():

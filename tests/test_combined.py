@@ -4,9 +4,9 @@ MNIST network (its experiment, paper figure 9: test_combined_experiment.py)."""
 import numpy as np
 import pytest
 
+from boxhack.attacks.combined import CombinedResult, combined_attack
 from boxhack.attacks.records import within_budget
 from boxhack.errors import BoxhackError
-from boxhack.attacks.combined import CombinedResult, combined_attack
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Off-the-shelf adversarial attacks (Foolbox 3) against a classifier and its box monitor.
+"""Off-the-shelf adversarial attacks (Foolbox 3) against a classifier and its monitor.
 
 This is boxhack's ONE Foolbox adapter: nothing else in boxhack imports foolbox, so replacing
 the library later touches this file only. An attack is named by a short key (:data:`ATTACKS`):
@@ -22,28 +22,34 @@ name                norm     kind         Foolbox attack
 fixed-epsilon attacks perturb by up to epsilon; minimal attacks (and decision attacks) search
 for the smallest perturbation, which is then clipped to epsilon (``None``: no clipping).
 
-Criteria (what the attack must achieve, and what success means afterwards):
+Goals (what the attack must achieve, and what success means afterwards; Foolbox calls this its
+*criterion*, and the adapter turns the goal into one, :func:`foolbox_criterion`):
 
 - ``"misclassify"``: the prediction differs from the label (plain adversarial examples; the
   monitor's verdict is still measured on every sample).
 - ``"combined"``: the prediction differs from the label AND the monitor accepts the input.
   Foolbox is given :class:`MonitorMisclassification`, a subclass of Foolbox's own
   ``Misclassification`` (gradient attacks refuse anything else), whose call runs the exact
-  monitor on the batch of perturbed inputs. How each kind uses it:
+  monitor (any abstraction of the monitor protocol) on the batch of perturbed inputs. How
+  each kind uses it:
 
-  * minimal attacks: DeepFool keeps stepping a sample until it meets the criterion; C&W's
-    binary search keeps the smallest perturbation that meets it;
-  * decision attacks: Boundary and HopSkipJump walk the boundary of the criterion itself,
-    from a starting point that already meets it (see :mod:`boxhack.attacks.decision`);
+  * minimal attacks: DeepFool keeps stepping a sample until it meets the goal; C&W's binary
+    search keeps the smallest perturbation that meets it;
+  * decision attacks: Boundary and HopSkipJump walk the boundary of the goal's region itself,
+    from a starting point that already meets it (see :mod:`boxhack.attacks.starts`);
   * fixed-epsilon attacks take no decision during their steps, so the adapter searches the
     budget: Foolbox runs them at ``eps_steps`` budgets ``epsilon * i / eps_steps`` and each
-    sample keeps the smallest budget at which the criterion holds (Foolbox's own
-    per-epsilon success). ``restarts`` repeats random-start attacks (Foolbox ``repeat``),
-    keeping a run that meets the criterion.
+    sample keeps the smallest budget at which the goal holds (Foolbox's own per-epsilon
+    success). ``restarts`` repeats random-start attacks (Foolbox ``repeat``), keeping a run
+    that meets the goal.
+
+:class:`FoolboxAttack` is the :class:`~boxhack.attacks.base.Attack` face of the adapter;
+:func:`run_adversarial` and :func:`run_adversarial_sweep` (several budgets in one run) are the
+functional ones.
 
 Budgets hold exactly: Foolbox computes in float32, so FGSM at Linf 0.1 returns pixels
 ``x0 + float32(0.1)`` = ``x0 + 0.10000000149``; every result is therefore passed through
-:func:`boxhack.attacks.gradient.fit_to_budget`, which steps such values back towards ``x0``
+:func:`boxhack.attacks.records.fit_to_budget`, which steps such values back towards ``x0``
 until the perturbation, measured as ``boxhack verify`` does (float64 of the float32 difference),
 is within epsilon. ``info["budget"]`` records ``{"norm", "eps"}`` (``None``: no budget).
 
@@ -66,7 +72,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from boxhack.attacks.gradient import fit_to_budget
+from boxhack.attacks.base import Attack, check_options, labels_or_predictions
+from boxhack.attacks.records import fit_to_budget
+from boxhack.attacks.starts import find_starting_points, harden
 from boxhack.attacks.verify import AttackResult, as_batch, verify
 from boxhack.errors import BoxhackError
 
@@ -80,18 +88,21 @@ with warnings.catch_warnings():
 __all__ = [
     "ALIASES",
     "ATTACKS",
-    "CRITERIA",
+    "GOALS_SUPPORTED",
     "AttackSpec",
+    "FoolboxAttack",
     "MonitorMisclassification",
     "attack_names",
+    "blended_noise_starts",
+    "flip_counts",
+    "foolbox_criterion",
     "foolbox_model",
     "get_spec",
-    "make_criterion",
     "run_adversarial",
     "run_adversarial_sweep",
 ]
 
-CRITERIA = ("misclassify", "combined")
+GOALS_SUPPORTED = ("misclassify", "combined")  # the goals a Foolbox attack can be given
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,7 @@ ATTACKS: dict[str, AttackSpec] = {
                    {"binary_search_steps": 7, "steps": 200, "stepsize": 0.05},
                    {"binary_search_steps": 4, "steps": 50, "stepsize": 0.05}),
         AttackSpec("boundary", "BoundaryAttack", "l2", "decision",
-                   "Boundary attack: random walk along the criterion's boundary (labels and "
+                   "Boundary attack: random walk along the goal's boundary (labels and "
                    "verdicts only)",
                    {"steps": 5000}, {"steps": 300}),
         AttackSpec("hsj", "HopSkipJumpAttack", "l2", "decision",
@@ -246,15 +257,20 @@ class MonitorMisclassification(fb.criteria.Misclassification):
         return restore_type(ep.from_numpy(x, ok))
 
 
-def make_criterion(criterion: str, labels, model, monitor):
-    """The Foolbox criterion object for ``"misclassify"`` or ``"combined"``."""
-    if criterion == "misclassify":
+def foolbox_criterion(goal: str, labels, model, monitor):
+    """The Foolbox criterion object for the goal ``"misclassify"`` or ``"combined"``."""
+    if goal == "misclassify":
         return fb.criteria.Misclassification(
             torch.as_tensor(np.asarray(labels, dtype=np.int64), device=_device(model))
         )
-    if criterion == "combined":
+    if goal == "combined":
         return MonitorMisclassification(labels, model, monitor)
-    raise BoxhackError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    raise BoxhackError(_goal_error(goal))
+
+
+def _goal_error(goal) -> str:
+    return (f"unknown goal {goal!r} for a Foolbox attack; choose one of: "
+            f"{', '.join(GOALS_SUPPORTED)}")
 
 
 # ------------------------------------------------------------------------------ validation
@@ -396,7 +412,7 @@ def run_adversarial_sweep(
     attack: str = "fgsm",
     epsilons: Sequence[float | None] | float | None = (0.1,),
     *,
-    criterion: str = "misclassify",
+    goal: str | None = None,
     budget: str = "default",
     eps_steps: int | None = None,
     restarts: int = 1,
@@ -404,21 +420,22 @@ def run_adversarial_sweep(
     starting_points=None,
     pool=None,
     start: str = "auto",
+    criterion: str | None = None,
     **attack_kwargs,
 ) -> list[AttackResult]:
     """Run one Foolbox attack once for several budgets; one verified result per epsilon.
 
     Fixed-epsilon attacks run at each epsilon; minimal and decision attacks run once and
     their perturbation is clipped to each epsilon (Foolbox's own epsilon handling). See
-    :func:`run_adversarial` for the arguments.
+    :func:`run_adversarial` for the arguments (``criterion=`` is the deprecated spelling of
+    ``goal=``).
     """
+    goal = _goal_of(goal, criterion)
     spec = get_spec(attack)
-    if criterion not in CRITERIA:
-        raise BoxhackError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     eps_list = _check_epsilons(epsilons, spec)
     x0, y = _check_inputs(model, inputs, labels)
     if eps_steps is None:
-        eps_steps = 8 if criterion == "combined" else 1
+        eps_steps = 8 if goal == "combined" else 1
     if not isinstance(eps_steps, (int, np.integer)) or eps_steps < 1:
         raise BoxhackError(f"eps_steps must be a positive integer, got {eps_steps!r}")
     if not isinstance(restarts, (int, np.integer)) or restarts < 1:
@@ -432,27 +449,41 @@ def run_adversarial_sweep(
 
     was_training = model.training
     try:
-        return _sweep(model, monitor, x0, y, spec, atk, params, eps_list, criterion, budget,
+        return _sweep(model, monitor, x0, y, spec, atk, params, eps_list, goal, budget,
                       int(eps_steps), int(restarts), seed, starting_points, pool, start)
     finally:
         model.train(was_training)
 
 
-def _sweep(model, monitor, x0, y, spec, atk, params, eps_list, criterion, budget, eps_steps,
+def _goal_of(goal: str | None, criterion: str | None) -> str:
+    """The goal from ``goal=`` or the deprecated ``criterion=`` (default "misclassify")."""
+    if criterion is not None:
+        warnings.warn("criterion= is deprecated; pass goal= ('misclassify' or 'combined')",
+                      DeprecationWarning, stacklevel=3)
+        if goal is not None and goal != criterion:
+            raise BoxhackError(f"goal={goal!r} and criterion={criterion!r} disagree; pass goal= only")
+        goal = criterion
+    goal = "misclassify" if goal is None else goal
+    if goal not in GOALS_SUPPORTED:
+        raise BoxhackError(_goal_error(goal))
+    return goal
+
+
+def _sweep(model, monitor, x0, y, spec, atk, params, eps_list, goal, budget, eps_steps,
            restarts, seed, starting_points, pool, start) -> list[AttackResult]:
     model.eval()
     pred0, accepted0 = monitor.predict(model, x0)
     fmodel = foolbox_model(model)
     device = _device(model)
-    if spec.kind == "decision":  # count the label-and-verdict queries for either criterion
-        crit = MonitorMisclassification(y, model, monitor, require_accept=criterion == "combined")
+    if spec.kind == "decision":  # count the label-and-verdict queries for either goal
+        crit = MonitorMisclassification(y, model, monitor, require_accept=goal == "combined")
     else:
-        crit = make_criterion(criterion, y, model, monitor)
+        crit = foolbox_criterion(goal, y, model, monitor)
     info: dict = {
         "attack": spec.name,
         "norm": spec.norm,
         "kind": spec.kind,
-        "criterion": criterion,
+        "goal": goal,
         "budget": budget,
         "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))},
         "seed": int(seed),
@@ -471,7 +502,7 @@ def _sweep(model, monitor, x0, y, spec, atk, params, eps_list, criterion, budget
             advs, extra, per_eps = _run_minimal(atk, fmodel, x_t, crit, eps_list, restarts)
         else:
             advs, extra, per_eps = _run_decision(
-                atk, fmodel, model, monitor, x0, y, crit, criterion, eps_list,
+                atk, fmodel, model, monitor, x0, y, crit, goal, eps_list,
                 starting_points=starting_points, pool=pool, start=start, seed=seed,
             )  # fmt: skip
     info["attack_s"] = time.perf_counter() - start_time
@@ -485,27 +516,26 @@ def _sweep(model, monitor, x0, y, spec, atk, params, eps_list, criterion, budget
         info_e = {**info, **extra, **per_eps[k], "epsilon": e,
                   "budget": None if e is None else {"norm": spec.norm, "eps": float(e)}}
         results.append(
-            verify(model, monitor, x0, x_adv, criterion, labels=y, pred0=pred0,
+            verify(model, monitor, x0, x_adv, goal, labels=y, pred0=pred0,
                    accepted0=accepted0, info=info_e)
         )  # fmt: skip
     return results
 
 
-def _run_decision(atk, fmodel, model, monitor, x0, y, crit, criterion, eps_list, *,
+def _run_decision(atk, fmodel, model, monitor, x0, y, crit, goal, eps_list, *,
                   starting_points, pool, start, seed):
-    """Decision attack on the samples that have a starting point meeting the criterion.
+    """Decision attack on the samples that have a starting point meeting the goal.
 
-    1. starting points: given, or :func:`boxhack.attacks.decision.find_starting_points`;
+    1. starting points: given, or :func:`boxhack.attacks.starts.find_starting_points` (with
+       Foolbox's blended noise as its noise search);
     2. the attack runs on the subset with a start (Foolbox insists that every start meets the
-       criterion in ITS batch, so starts are re-checked on the subset batch first);
-    3. hardening: the attack ends right at the criterion's boundary, where the float32 verdict
+       goal in ITS batch, so starts are re-checked on the subset batch first);
+    3. hardening: the attack ends right at the goal's boundary, where the float32 verdict
        can depend on the batch it is computed in; each result is moved towards its start
-       (``x + t (start - x)``, smallest t of a short grid) until the criterion holds both in
-       the whole batch and for the input alone (:func:`boxhack.attacks.decision.harden`);
+       (``x + t (start - x)``, smallest t of a short grid) until the goal holds both in the
+       whole batch and for the input alone (:func:`boxhack.attacks.starts.harden`);
     4. the hardened points are clipped to each epsilon (Foolbox's own clipping).
     """
-    from boxhack.attacks.decision import find_starting_points, harden
-
     if starting_points is not None:
         starts = as_batch(starting_points, "starting_points")
         if starts.shape != x0.shape:
@@ -517,22 +547,11 @@ def _run_decision(atk, fmodel, model, monitor, x0, y, crit, criterion, eps_list,
         start_info = {"start_method": "given"}
     else:
         starts, found, start_info = find_starting_points(
-            model, monitor, x0, y, criterion=criterion, pool=pool, method=start, seed=seed,
-            decide=crit.decide, decide_each=crit.decide_each,
+            model, monitor, x0, y, goal=goal, pool=pool, method=start, seed=seed,
+            decide=crit.decide, decide_each=crit.decide_each, noise=blended_noise_starts,
         )  # fmt: skip
     advs = [x0.copy() for _ in eps_list]
-    idx = np.flatnonzero(found)
-    sub_crit = None
-    for _ in range(3):  # the subset batch may judge a borderline start differently
-        if not len(idx):
-            break
-        sub_crit = _subset_criterion(crit, idx, model, monitor)
-        ok = sub_crit.decide(starts[idx])
-        if ok.all():
-            break
-        idx = idx[ok]
-    else:
-        idx = idx[:0]
+    idx, sub_crit = _starts_in_subset(crit, np.flatnonzero(found), starts, model, monitor)
     found = np.zeros(len(x0), dtype=bool)
     found[idx] = True
     extra = {"has_start": found.tolist(), **start_info}
@@ -554,8 +573,26 @@ def _run_decision(atk, fmodel, model, monitor, x0, y, crit, criterion, eps_list,
     return advs, extra, [{} for _ in eps_list]
 
 
-def crit_decide(crit, model, monitor, x: np.ndarray) -> np.ndarray:
-    """Evaluate a criterion made by :func:`make_criterion` on a numpy batch (bool, N)."""
+def _starts_in_subset(crit, idx, starts, model, monitor):
+    """``(rows, criterion of their subset)``: the rows ``idx`` whose start meets the goal in
+    the batch of those rows (re-checked up to 3 times: the subset batch may judge a borderline
+    start differently; none when it never settles)."""
+    sub_crit = None
+    for _ in range(3):
+        if not len(idx):
+            break
+        sub_crit = _subset_criterion(crit, idx, model, monitor)
+        ok = sub_crit.decide(starts[idx])
+        if ok.all():
+            break
+        idx = idx[ok]
+    else:
+        idx = idx[:0]
+    return idx, sub_crit
+
+
+def _foolbox_decide(crit, model, x: np.ndarray) -> np.ndarray:
+    """Evaluate a criterion made by :func:`foolbox_criterion` on a numpy batch (bool, N)."""
     if isinstance(crit, MonitorMisclassification):
         return crit.decide(x)
     labels = _to_np(crit.labels)
@@ -573,26 +610,26 @@ def _subset_criterion(crit, idx, model, monitor):
 
 
 def blended_noise_starts(
-    model, monitor, inputs, labels, criterion: str = "combined", *, directions: int = 100,
+    model, monitor, inputs, labels, goal: str = "combined", *, directions: int = 100,
     steps: int = 50, seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Foolbox's blended-uniform-noise search for points that meet ``criterion``.
+    """Foolbox's blended-uniform-noise search for points that meet ``goal``.
 
-    Draws up to ``directions`` uniform-noise images per input until one meets the criterion,
-    then line-searches the blend ``(1 - t) x0 + t noise`` for the smallest such t. Returns
+    Draws up to ``directions`` uniform-noise images per input until one meets the goal, then
+    line-searches the blend ``(1 - t) x0 + t noise`` for the smallest such t. Returns
     ``(starts, found)``; where nothing was found the start is the noise image (not usable).
-    Noise is almost never accepted by a box monitor, so with ``"combined"`` this mostly fails;
-    it is the fallback of :func:`boxhack.attacks.decision.find_starting_points`.
+    Noise is almost never accepted by a monitor, so with ``"combined"`` this mostly fails;
+    it is the noise search of :func:`boxhack.attacks.starts.find_starting_points`.
     """
     x0, y = _check_inputs(model, inputs, labels)
-    crit = make_criterion(criterion, y, model, monitor)
+    crit = foolbox_criterion(goal, y, model, monitor)
     atk = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=directions, steps=steps)
     x_t = torch.as_tensor(x0, device=_device(model))
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "failed to draw sufficient random inputs"
         torch.manual_seed(seed)
         starts = _finite_or(_to_np(atk.run(foolbox_model(model), x_t, crit)), x0)
-    return starts, crit_decide(crit, model, monitor, starts)
+    return starts, _foolbox_decide(crit, model, starts)
 
 
 def run_adversarial(
@@ -603,21 +640,23 @@ def run_adversarial(
     attack: str = "fgsm",
     epsilon: float | None = 0.1,
     *,
-    criterion: str = "misclassify",
+    goal: str | None = None,
+    criterion: str | None = None,
     **attack_kwargs,
 ) -> AttackResult:
     """Attack ``model`` on ``inputs`` with a Foolbox attack; verify every sample.
 
     Args:
         model: a PyTorch classifier (logits out), inputs in [0, 1].
-        monitor: a fitted :class:`~boxhack.monitor.BoxMonitor` (its verdict is measured on
-            every sample; with ``criterion="combined"`` the attack also targets it).
+        monitor: a fitted monitor of the monitor protocol (its verdict is measured on every
+            sample; with ``goal="combined"`` the attack also targets it).
         inputs: (N, ...) float array in [0, 1].
         labels: (N,) true class indices; "flipped" means prediction != label.
         attack: a name of :data:`ATTACKS` (or an alias).
         epsilon: budget in the attack's norm (``ATTACKS[name].norm``), >= 0; ``None`` (minimal
             and decision attacks only) for no clipping.
-        criterion: ``"misclassify"`` or ``"combined"`` (misclassified and accepted).
+        goal: ``"misclassify"`` (default) or ``"combined"`` (misclassified and accepted);
+            ``criterion=`` is its deprecated spelling.
         budget: ``"default"`` or ``"quick"`` (smaller iteration budgets for tests and
             ``--quick`` runs).
         eps_steps: fixed-epsilon attacks: number of budgets searched up to epsilon (default
@@ -625,17 +664,87 @@ def run_adversarial(
         restarts: Foolbox ``repeat``: run the attack this many times, keep a success.
         seed: torch seed for random starts and random walks (the global RNG is restored).
         starting_points, pool, start: decision attacks only, see
-            :func:`boxhack.attacks.decision.find_starting_points`.
+            :func:`boxhack.attacks.starts.find_starting_points`.
         **attack_kwargs: constructor arguments of the Foolbox attack (``steps=...``).
 
     Returns:
-        An :class:`~boxhack.attacks.verify.AttackResult` with goal ``criterion``: per sample
+        An :class:`~boxhack.attacks.verify.AttackResult` with goal ``goal``: per sample
         ``pred`` (flipped = ``pred != labels``), ``accepted``, ``success``, L1/L2/Linf;
         ``info`` holds the attack, norm, epsilon, parameters, time and monitor queries.
     """
     return run_adversarial_sweep(
-        model, monitor, inputs, labels, attack, [epsilon], criterion=criterion, **attack_kwargs
+        model, monitor, inputs, labels, attack, [epsilon], goal=_goal_of(goal, criterion),
+        **attack_kwargs,
     )[0]
+
+
+class FoolboxAttack(Attack):
+    """A Foolbox attack of :data:`ATTACKS` as an :class:`~boxhack.attacks.base.Attack`.
+
+    ``FoolboxAttack(method, epsilon, goal, ...)(model, monitor, inputs, labels=None,
+    starts=None, pool=None)`` is :func:`run_adversarial` (the same result for the same
+    arguments); :meth:`sweep` runs several budgets at once (:func:`run_adversarial_sweep`).
+
+    Parameters
+    ----------
+    method : str -- a name of :data:`ATTACKS` or an alias ("fgsm", "pgd-l2", "cw", "hsj"...).
+    epsilon : float or None -- the budget in the attack's norm (``None``: minimal and
+        decision attacks unclipped).
+    goal : "misclassify" | "combined" -- given to Foolbox as its criterion.
+    budget : "default" | "quick" -- the attack's iteration budget.
+    eps_steps, restarts, seed, start : as :func:`run_adversarial`.
+    **attack_kwargs : constructor arguments of the Foolbox attack (``steps=...``).
+
+    Per call: ``labels`` (the reference a success must differ from; default the model's
+    predictions), ``starts`` (decision attacks: starting points meeting the goal, else they
+    are searched), ``pool`` (decision attacks: candidate images for that search).
+    """
+
+    goals = GOALS_SUPPORTED
+    name = "foolbox"
+    default_goal: str = "misclassify"
+
+    def __init__(self, method: str = "fgsm", epsilon: float | None = 0.1, goal: str | None = None,
+                 *, budget: str = "default", eps_steps: int | None = None, restarts: int = 1,
+                 seed: int = 0, start: str = "auto", **attack_kwargs) -> None:
+        self.spec = get_spec(method)
+        self.method = self.spec.name
+        self.epsilon = _check_epsilons([epsilon], self.spec)[0]
+        self.goal = self._set_goal(self.default_goal if goal is None else goal)
+        _construct(self.spec, budget, attack_kwargs)  # refuse unknown parameters now
+        self.budget = budget
+        self.eps_steps = eps_steps
+        self.restarts = restarts
+        self.seed = int(seed)
+        self.start = start
+        self.attack_kwargs = dict(attack_kwargs)
+
+    def run(self, model, monitor, inputs, *, labels=None, targets=None, starts=None,
+            goal: str | None = None, pool=None, **options) -> AttackResult:
+        check_options(type(self).__name__, options, ("pool",))
+        return self.sweep(model, monitor, inputs, labels, [self.epsilon], goal=goal,
+                          starts=starts, pool=pool, targets=targets)[0]
+
+    def sweep(self, model, monitor, inputs, labels=None, epsilons=None, *, goal=None,
+              starts=None, pool=None, targets=None) -> list[AttackResult]:
+        """One verified result per budget of ``epsilons`` (default: this attack's epsilon),
+        from one run of the attack (see :func:`run_adversarial_sweep`)."""
+        if targets is not None:
+            raise BoxhackError(f"{type(self).__name__} takes no targets (its goals: "
+                               f"{', '.join(self.goals)})")
+        goal = self.goal if goal is None else self._set_goal(goal)
+        decision = {"starting_points": starts, "pool": pool, "start": self.start}
+        if self.spec.kind != "decision":
+            if starts is not None or pool is not None:
+                raise BoxhackError(f"starts and pool are for the decision attacks (boundary, "
+                                   f"hsj), not {self.method!r}")
+            decision = {}
+        return run_adversarial_sweep(
+            model, monitor, inputs, labels_or_predictions(model, monitor, inputs, labels),
+            self.method, [self.epsilon] if epsilons is None else epsilons, goal=goal,
+            budget=self.budget, eps_steps=self.eps_steps, restarts=self.restarts,
+            seed=self.seed, **decision, **self.attack_kwargs,
+        )  # fmt: skip
 
 
 def flip_counts(result: AttackResult) -> dict:

@@ -1,16 +1,18 @@
 """Monitor-aware white-box attacks: batched, minimal-norm or fixed-budget, on model + monitor.
 
-An attacker who can see the boxes attacks the classifier and the monitor *together*. Both
-are piecewise linear in the input (ReLU networks, box faces), so gradients exist almost
-everywhere and a few dozen normalised gradient steps replace hours of global optimisation.
+An attacker who can see the monitor attacks the classifier and the monitor *together*. Both
+are (almost everywhere) differentiable in the input (ReLU networks; box faces, ball surfaces,
+zone and pattern margins), so a few dozen normalised gradient steps replace hours of global
+optimisation. Any monitor of the monitor protocol (:class:`boxhack.monitor.base.Monitor`)
+can be attacked: the attack needs its ``forward_margin`` and ``predict`` only.
 
 Every goal is written as two constraints on a candidate class ``t`` per row::
 
     g1(x) = z_t(x) - max_{j != t} z_j(x)      >= slack   (the model predicts t)
     g2(x) = sigma * margin(x, t)               >= slack   (sigma = +1: accepted, -1: rejected)
 
-``margin`` is :meth:`BoxMonitor.forward_margin`'s differentiable box margin (``>= 0`` iff the
-input is accepted as ``t``). The goals map to rows as
+``margin`` is the monitor's differentiable margin (``monitor.forward_margin``; ``>= 0`` iff
+the input is accepted as ``t``). The goals map to rows as
 
 - ``"dos"`` (Attack 1): ``t = c0`` (the original prediction), sigma = -1;
 - ``"intrude"`` (Attack 2 as in the paper): ``t = c0``, sigma = +1;
@@ -28,11 +30,12 @@ is near), and projects onto an adaptive norm ball of radius ``eps_k``: while no 
 is known ``eps_k = ||delta|| + linearised distance`` (a DeepFool-like jump, growing at most
 10 % per step), afterwards ``eps`` shrinks by ``(1 - gamma)`` (or half-way back by the
 linearised depth) on feasible and grows by ``(1 + gamma)`` on infeasible iterates, ``gamma``
-and the step size cosine-annealed. For "dos" the search starts just beyond the box face that
-is nearest in the attack norm to first order (``face_init``). Details and measurements:
-docs/attacks-gradient.md. Rows stop early once their best
-verified norm has not improved for ``patience`` steps, and the batch is refilled from the
-queue, so the batch stays full. Budget mode is PGD: the same normalised steps inside the fixed
+and the step size cosine-annealed. For "dos" on a monitor made of boxes the search starts just
+beyond the box face that is nearest in the attack norm to first order (``face_init``; a
+capability check, :func:`box_faces`: other abstractions start at ``x0``). Details and
+measurements: docs/attacks-gradient.md. Rows stop early once their best verified norm has not
+improved for ``patience`` steps, and the batch is refilled from the queue, so the batch stays
+full. Budget mode is PGD: the same normalised steps inside the fixed
 ``epsilon`` ball, each row stopping at its first verified success. ``refine=k`` ends minimal
 mode with up to ``k`` PGD runs below each solved sample's norm (kept only when they verify
 smaller). Every run is bounded by steps, never by a clock.
@@ -41,7 +44,7 @@ Only inputs that may be attacked are (:func:`boxhack.attacks.verify.starting_sta
 whose goal already holds at ``x0`` is returned unchanged and never counts as a success
 (``result.already``), and Attack 1 with ``labels`` starts only from correctly classified inputs.
 With a budget (or a cap in minimal mode) the returned perturbation is within it exactly as
-``boxhack verify`` measures it (:func:`fit_to_budget`).
+``boxhack verify`` measures it (:func:`boxhack.attacks.records.fit_to_budget`).
 
 Pixel space is [0, 1] at every step (clamping only ever moves a pixel towards ``x0``, so the
 norm ball is kept). A point counts as found only when the exact float32 model and monitor
@@ -54,13 +57,21 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from boxhack.attacks.base import Attack, check_options
+from boxhack.attacks.records import fit_to_budget
 from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
+from boxhack.models.layers import get_layer, tap
+
+__all__ = ["GOALS_SUPPORTED", "MODES", "NORMS", "MonitorAttack", "attack", "box_faces",
+           "dual_norm", "fit_to_budget", "l1_fill", "lp_norm", "project_ball", "project_l1_ball",
+           "steepest_direction"]
 
 GOALS_SUPPORTED = ("dos", "intrude", "intrude-any", "intrude-target", "combined")
 NORMS = ("l1", "l2", "linf")
@@ -173,48 +184,28 @@ def l1_fill(g: torch.Tensor, x: torch.Tensor, gap: torch.Tensor, k: int = 64):
     return cost, step
 
 
-def fit_to_budget(x0: np.ndarray, x: np.ndarray, norm: str, eps) -> np.ndarray:
-    """``x`` moved towards ``x0`` just enough that every sample's perturbation, measured exactly
-    as :func:`boxhack.attacks.records.norm_of` does (float64 of float32 ``x`` minus float32
-    ``x0``), is ``<= eps`` (a number, or one per sample; ``inf`` = no budget).
-
-    Samples already within the budget are returned bit for bit. Linf: each pixel is clipped to
-    ``x0 +- eps`` in float64 and rounded to float32; a pixel that rounding pushed over steps one
-    float32 towards ``x0`` (``np.nextafter``). L1 / L2: the perturbation is scaled down to the
-    budget, and a little further while float32 rounding keeps it over (at worst to ``x0``).
-    """
-    from boxhack.attacks.records import norm_of
-
-    x0 = np.asarray(x0, dtype=np.float32)
-    out = np.array(x, dtype=np.float32, copy=True)
-    n = len(out)
-    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (n,))
-    over = np.flatnonzero(norm_of(x0, out, norm) > eps)
-    if not len(over):
-        return out
-    a32 = x0[over].reshape(len(over), -1)
-    a = a32.astype(np.float64)
-    b = out[over].reshape(len(over), -1).astype(np.float64)
-    e = eps[over]
-    if norm == "linf":
-        y = (a + np.clip(b - a, -e[:, None], e[:, None])).astype(np.float32)
-        while True:  # each pass moves offending pixels one float32 step towards x0
-            bad = np.abs(y.astype(np.float64) - a) > e[:, None]
-            if not bad.any():
-                break
-            y[bad] = np.nextafter(y[bad], a32[bad])
-    else:
-        t = e / norm_of(a32, b.astype(np.float32), norm)  # the scale that fits, before rounding
-        shrink = np.full(len(over), 1e-7)
-        y = np.empty_like(a32)
-        todo = np.ones(len(over), dtype=bool)
-        while todo.any():  # shrink reaches 1 (y = x0) after at most ~24 passes
-            y[todo] = np.clip(a[todo] + t[todo, None] * (b[todo] - a[todo]), 0, 1).astype(np.float32)
-            todo = norm_of(a32, y, norm) > e
-            t[todo] *= 1 - shrink[todo]
-            shrink[todo] = np.minimum(shrink[todo] * 4, 1.0)
-    out[over] = y.reshape((len(over),) + out.shape[1:])
+def box_faces(monitor) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+    """``{layer: (lo, hi, class of each box)}`` for a monitor made of boxes, ``None`` for any
+    other abstraction: a capability check, not a type check. The face-jump warm start of
+    "dos" uses the boxes when a monitor offers them (``boxes(layer) -> (lo, hi)`` and
+    ``box_class_``); every other step of the attack needs only the monitor protocol."""
+    boxes, classes = getattr(monitor, "boxes", None), getattr(monitor, "box_class_", None)
+    if not callable(boxes) or not isinstance(classes, Mapping):
+        return None
+    out = {}
+    for layer in monitor.layers_:
+        lo, hi = boxes(layer)
+        out[layer] = (np.asarray(lo), np.asarray(hi), np.asarray(classes[layer]))
     return out
+
+
+def _tapped_layers(model, monitor) -> tuple[list[str], list[str]]:
+    """The monitored layers ``forward_margin`` taps before their ReLU (pre-activations) and
+    the others, as the monitor does it (monitors without ``uses_preactivation`` are boxes,
+    which always use pre-activations)."""
+    pre = getattr(monitor, "uses_preactivation", True)
+    relu = [ly for ly in monitor.layers_ if pre and isinstance(get_layer(model, ly), torch.nn.ReLU)]
+    return relu, [ly for ly in monitor.layers_ if ly not in relu]
 
 
 def _cosine(k: torch.Tensor, steps: int, start: float, end: float) -> torch.Tensor:
@@ -227,6 +218,24 @@ def _check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise BoxhackError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
     return value
+
+
+def _check_int(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise BoxhackError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _check_epsilon(epsilon, mode: str) -> float | None:
+    if epsilon is not None:
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(float(epsilon)) or float(epsilon) <= 0:
+            raise BoxhackError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        epsilon = float(epsilon)
+    if mode == "budget" and epsilon is None:
+        raise BoxhackError("budget mode needs epsilon, the perturbation budget (--eps on the "
+                           "command line), e.g. 0.5 for L2")
+    return epsilon
 
 
 def _class_vector(a, n: int, n_classes: int, what: str) -> np.ndarray:
@@ -280,12 +289,15 @@ class _Problem:
     dev: torch.device
 
 
-class MonitorAttack:
-    """Batched white-box attack on a classifier and its box monitor (see the module docstring).
+class MonitorAttack(Attack):
+    """Batched white-box attack on a classifier and its monitor (see the module docstring); an
+    :class:`~boxhack.attacks.base.Attack`: ``MonitorAttack(goal, norm, ...)(model, monitor,
+    inputs, labels=None, targets=None, starts=None)``.
 
     Parameters
     ----------
-    goal : "dos" | "intrude" | "intrude-any" | "intrude-target" | "combined"
+    goal : "dos" | "intrude" | "intrude-any" | "intrude-target" | "combined" (or a paper
+        alias: "1", "2", "2-any")
     norm : "l1" | "l2" | "linf"  -- the perturbation norm minimised (or bounded).
     mode : "minimal" (smallest perturbation that succeeds) | "budget" (PGD inside ``epsilon``).
     epsilon : float or None -- the budget (required in budget mode; in minimal mode an optional
@@ -306,8 +318,8 @@ class MonitorAttack:
     candidates : int -- candidate classes per sample for "intrude-any" and "combined".
     l1_sparsity : float -- fraction of pixels an L1 step moves.
     random_start : bool -- budget mode: start from a random point of the ball.
-    face_init : bool -- "dos": start with a first-order jump through the box face nearest in
-        the attack norm (one batched backward over the monitored units).
+    face_init : bool -- "dos" on a monitor made of boxes: start with a first-order jump through
+        the box face nearest in the attack norm (one batched backward over the monitored units).
     faces : int -- "dos" with ``face_init``: search from each of the ``faces`` nearest faces
         (one row each) and keep the best verified result.
     plain_start : bool -- "dos" with ``face_init``: one more row per sample that starts at
@@ -317,6 +329,7 @@ class MonitorAttack:
     refine_drop : float -- how far below the norm the first refinement run tries (0.05 = 5 %).
     """
 
+    goals = GOALS_SUPPORTED
     name = "monitor-fmn"
     two_gradients = False  # subclasses that need both constraint gradients every step
     # search constants (docs/attacks-gradient.md)
@@ -350,30 +363,18 @@ class MonitorAttack:
         refine: int = 0,
         refine_drop: float = 0.05,
     ):
-        self.goal = _check_choice("goal", goal, GOALS_SUPPORTED)
+        self.goal = self._set_goal(goal)
         self.norm = _check_choice("norm", norm, NORMS)
         self.mode = _check_choice("mode", mode, MODES)
-        if epsilon is not None:
-            if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating, np.integer)) \
-                    or not math.isfinite(float(epsilon)) or float(epsilon) <= 0:
-                raise BoxhackError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-            epsilon = float(epsilon)
-        if mode == "budget" and epsilon is None:
-            raise BoxhackError("budget mode needs epsilon, the perturbation budget (--eps on the "
-                               "command line), e.g. 0.5 for L2")
-        self.epsilon = epsilon
-        self.steps = _DEFAULT_STEPS[mode] if steps is None else steps
-        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
-            raise BoxhackError(f"steps must be an integer >= 1, got {steps!r}")
-        self.steps = int(self.steps)
+        self.epsilon = _check_epsilon(epsilon, mode)
+        self.steps = _check_int("steps", _DEFAULT_STEPS[mode] if steps is None else steps, 1)
         self.lr = _DEFAULT_LR[(mode, norm)] if lr is None else lr
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise BoxhackError(f"lr must be a finite number > 0, got {lr!r}")
         for name, value, lo in (("batch_size", batch_size, 1), ("patience", patience, 1),
                                 ("verify_every", verify_every, 1), ("candidates", candidates, 1),
                                 ("faces", faces, 1), ("refine", refine, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-                raise BoxhackError(f"{name} must be an integer >= {lo}, got {value!r}")
+            _check_int(name, value, lo)
         if not (0 < slack < 1):
             raise BoxhackError(f"slack must be in (0, 1), got {slack!r}")
         if not (0 < l1_sparsity <= 1):
@@ -402,8 +403,21 @@ class MonitorAttack:
         return (f"{type(self).__name__}(goal={self.goal!r}, norm={self.norm!r}, "
                 f"mode={self.mode!r}{eps}, steps={self.steps})")
 
+    def _uses_faces(self, monitor) -> bool:
+        """Does this call start "dos" rows with the box-face jump (the monitor has boxes)?"""
+        return self.goal == "dos" and self.face_init and box_faces(monitor) is not None
+
     # ------------------------------------------------------------------ public entry point
-    def __call__(self, model, monitor, inputs, labels=None, targets=None, starts=None) -> AttackResult:
+    def run(self, model, monitor, inputs, *, labels=None, targets=None, starts=None,
+            goal: str | None = None, **options) -> AttackResult:
+        """The attack (called through :meth:`Attack.__call__
+        <boxhack.attacks.base.Attack.__call__>`); it takes no per-call options."""
+        check_options(type(self).__name__, options)
+        if goal is not None and goal != self.goal:
+            other = copy.copy(self)
+            other.goal = self._set_goal(goal)
+            return other.run(model, monitor, inputs, labels=labels, targets=targets,
+                             starts=starts)  # fmt: skip
         t_start = time.perf_counter()  # reported (info["wall_s"]) only; nothing depends on it
         p = self._problem(model, monitor, inputs, labels, targets, starts)
         n = len(p.x0)
@@ -430,6 +444,7 @@ class MonitorAttack:
             row_ok=stats["row_ok"], iterations=int(stats["iterations"]),
             row_steps=int(stats["row_steps"]), forward_passes=int(stats["forwards"]),
             repaired=int(lost.sum()), impossible=stats["impossible_samples"],
+            face_init=self._uses_faces(p.monitor),
             wall_s=wall, samples_per_s=n / wall if wall > 0 else float("inf"),
         )  # fmt: skip
         return result
@@ -582,7 +597,7 @@ class MonitorAttack:
             logits = np.zeros((n, p.n_out), np.float32)
             start_pred = p.pred0
         cand = self._candidate_classes(logits, p.pred0, p.labels, p.targets, start_pred)
-        if self.goal == "dos" and self.face_init:  # starts: nearest faces (+ plain, -1)
+        if self._uses_faces(p.monitor):  # starts: nearest faces (+ plain, -1)
             starts = list(range(self.faces)) + ([-1] if self.plain_start else [])
         else:
             starts = [-1]
@@ -707,7 +722,7 @@ class MonitorAttack:
         if bool((feasible & moved).any()):
             delta = self._bisect(x0, delta, rows.target, feasible & moved)
             stats["forwards"] += 10
-        if self.goal == "dos" and self.face_init:
+        if self._uses_faces(self._ctx["monitor"]):
             todo = ~feasible & ~moved & torch.isfinite(g0[:, 1]) & (rows.face >= 0)
             if bool(todo.any()):
                 idx = torch.nonzero(todo).squeeze(1)
@@ -744,94 +759,33 @@ class MonitorAttack:
         attack norm to first order -- the ``rank``-th nearest (0 = nearest) -- landing ``slack``
         beyond it; FMN then refines around that face. Without this, the search follows the
         face nearest in *feature* units, which can be several times farther in pixel space.
+        Only for monitors made of boxes (:func:`box_faces`).
 
         Per-unit input gradients come from one batched backward over ``d`` copies of each
         input; pixels at 0 (1) cannot move down (up), so they are left out of the rates."""
-        from boxhack.models.layers import get_layer, tap
-
-        model, monitor, shape = self._ctx["model"], self._ctx["monitor"], self._ctx["shape"]
-        layers = list(monitor.layers_)
-        relu = [ly for ly in layers if isinstance(get_layer(model, ly), torch.nn.ReLU)]
-        other = [ly for ly in layers if ly not in relu]
+        model, monitor = self._ctx["model"], self._ctx["monitor"]
+        faces = box_faces(monitor)
+        relu, other = _tapped_layers(model, monitor)
         n, D = x0.shape
         dev = x0.device
         n_faces = int(rank.max()) + 1 if len(rank) else 1
         best = torch.full((n, n_faces), math.inf, device=dev)
         best_step = torch.zeros(n, n_faces, D, device=dev) if n_faces > 1 else None
         best_delta = torch.zeros_like(x0)
-        for layer in layers:
+        for layer, (lo_all, hi_all, cls) in faces.items():
             d = int(monitor.dims_[layer])
-            lo_all, hi_all = monitor.boxes(layer)
-            cls = np.asarray(monitor.box_class_[layer])
             chunk = max(1, 4096 // d)
             for c0 in range(0, n, chunk):
                 sl = slice(c0, min(n, c0 + chunk))
                 xs = x0[sl]
-                m = len(xs)
-                xr = xs.repeat_interleave(d, 0).requires_grad_(True)
-                was = model.training
-                model.eval()
-                try:
-                    with tap(model, relu, inputs=True) as pre, tap(model, other) as post:
-                        model(xr.view(-1, *shape))
-                finally:
-                    model.train(was)
-                z = (pre if layer in relu else post)[layer].reshape(m, d, d)
-                diag = z.diagonal(dim1=1, dim2=2)  # (m, d): unit j of copy j
-                grad, = torch.autograd.grad(diag.sum(), xr)
-                grad = grad.view(m, d, D)
-                zv = diag.detach()
+                zv, grad = self._unit_gradients(xs, layer, d, relu, other)
                 lo_t, hi_t = self._holding_box(zv, target[sl], lo_all, hi_all, cls,
                                                layer in relu)
-                # rates: dual norms of the movable part of +grad (up) and -grad (down);
-                # a pixel at 0 only moves up, at 1 only down: with up_ok = [x < 1],
-                # dn_ok = [x > 0] and gn = min(grad, 0), e.g. for L2
-                #   rate_up^2 = sum g^2 up_ok + gn^2 (dn_ok - up_ok),
-                #   rate_dn^2 = sum g^2 dn_ok - gn^2 (dn_ok - up_ok)
-                up_ok = (xs < 1).to(grad.dtype)
-                dn_ok = (xs > 0).to(grad.dtype)
-                both = torch.stack([up_ok, dn_ok], 2)  # (m, D, 2)
-                diff = (dn_ok - up_ok).unsqueeze(2)
-                gn = grad.clamp_max(0) if self.norm != "l1" else None
-                if self.norm == "l2":
-                    full = torch.bmm(grad.square(), both)  # (m, d, 2)
-                    corr = torch.bmm(gn.square_(), diff).squeeze(2)
-                    rate_up = (full[..., 0] + corr).clamp_min(0).sqrt()
-                    rate_dn = (full[..., 1] - corr).clamp_min(0).sqrt()
-                elif self.norm == "linf":
-                    full = torch.bmm(grad.abs(), both)
-                    corr = torch.bmm(gn, diff).squeeze(2)
-                    rate_up = (full[..., 0] - corr).clamp_min(0)
-                    rate_dn = (full[..., 1] + corr).clamp_min(0)
-                else:
-                    rate_up = rate_dn = None
-                gap_up = hi_t - zv  # distance inside, to the upper face
-                gap_dn = zv - lo_t  # NaN where the lower face cannot be crossed
-                need = torch.cat([gap_up, gap_dn], 1).clamp_min(0) + self.slack  # NaN stays
-                if self.norm == "l1":  # pixels saturate: greedy box-aware fill per unit
-                    g2 = grad.reshape(m * d, D)
-                    x2 = xs.repeat_interleave(d, 0)
-                    cost_up, _ = l1_fill(g2, x2, need[:, :d].reshape(-1))
-                    cost_dn, _ = l1_fill(-g2, x2, need[:, d:].reshape(-1))
-                    dist = torch.cat([cost_up.view(m, d), cost_dn.view(m, d)], 1)
-                else:
-                    rates = torch.cat([rate_up, rate_dn], 1)
-                    dist = need / rates.clamp_min(1e-12)
-                    dist = dist.masked_fill(rates <= 0, math.inf)
-                dist = dist.masked_fill(torch.isnan(need), math.inf)
+                dist, need = self._face_distances(grad, xs, zv, lo_t, hi_t)
                 k = min(n_faces, dist.shape[1])
                 dk, jk = torch.topk(dist, k, dim=1, largest=False)  # (m, k)
                 for f in range(k):  # a few faces
-                    j = jk[:, f]
-                    unit = j % d
-                    sign = 1.0 - 2.0 * (j >= d).to(grad.dtype)  # +1: up through hi
-                    gj = grad[torch.arange(m, device=dev), unit] * sign.unsqueeze(1)
-                    gj = torch.minimum(torch.maximum(gj, xs * -1e30), (1 - xs) * 1e30)
-                    if self.norm == "l1":
-                        gap_j = need.gather(1, j.view(-1, 1)).squeeze(1)
-                        _, step = l1_fill(gj, xs, torch.nan_to_num(gap_j, posinf=0.0))
-                    else:
-                        step = self._unit_step(gj, dk[:, f])
+                    step = self._face_step(grad, xs, need, jk[:, f], dk[:, f])
                     self._merge_face(best, best_step, best_delta, sl, dk[:, f], step, f)
         pick = rank.clamp_max(n_faces - 1)
         if best_step is not None:
@@ -843,6 +797,81 @@ class MonitorAttack:
         best_delta = best_delta * ok.to(best_delta.dtype).unsqueeze(1)
         best_delta = project_ball(best_delta, cap, self.norm)  # inf caps: unchanged
         return (x0 + best_delta).clamp(0, 1) - x0
+
+    def _unit_gradients(self, xs, layer, d, relu, other):
+        """``(z (m, d), grad (m, d, D))``: the monitored units of ``layer`` at ``xs`` and the
+        input gradient of each unit, from one backward over ``d`` copies of each input."""
+        model, shape = self._ctx["model"], self._ctx["shape"]
+        m, D = xs.shape
+        xr = xs.repeat_interleave(d, 0).requires_grad_(True)
+        was = model.training
+        model.eval()
+        try:
+            with tap(model, relu, inputs=True) as pre, tap(model, other) as post:
+                model(xr.view(-1, *shape))
+        finally:
+            model.train(was)
+        z = (pre if layer in relu else post)[layer].reshape(m, d, d)
+        diag = z.diagonal(dim1=1, dim2=2)  # (m, d): unit j of copy j
+        grad, = torch.autograd.grad(diag.sum(), xr)
+        return diag.detach(), grad.view(m, d, D)
+
+    def _face_distances(self, grad, xs, zv, lo_t, hi_t):
+        """``(dist (m, 2d), need (m, 2d))``: per unit and direction (up through ``hi``, down
+        through ``lo``) the first-order distance in the attack norm to ``slack`` beyond the
+        face, and the feature change that needs (NaN: the face cannot be crossed)."""
+        m, d, D = grad.shape
+        # rates: dual norms of the movable part of +grad (up) and -grad (down);
+        # a pixel at 0 only moves up, at 1 only down: with up_ok = [x < 1],
+        # dn_ok = [x > 0] and gn = min(grad, 0), e.g. for L2
+        #   rate_up^2 = sum g^2 up_ok + gn^2 (dn_ok - up_ok),
+        #   rate_dn^2 = sum g^2 dn_ok - gn^2 (dn_ok - up_ok)
+        up_ok = (xs < 1).to(grad.dtype)
+        dn_ok = (xs > 0).to(grad.dtype)
+        both = torch.stack([up_ok, dn_ok], 2)  # (m, D, 2)
+        diff = (dn_ok - up_ok).unsqueeze(2)
+        gn = grad.clamp_max(0) if self.norm != "l1" else None
+        if self.norm == "l2":
+            full = torch.bmm(grad.square(), both)  # (m, d, 2)
+            corr = torch.bmm(gn.square_(), diff).squeeze(2)
+            rate_up = (full[..., 0] + corr).clamp_min(0).sqrt()
+            rate_dn = (full[..., 1] - corr).clamp_min(0).sqrt()
+        elif self.norm == "linf":
+            full = torch.bmm(grad.abs(), both)
+            corr = torch.bmm(gn, diff).squeeze(2)
+            rate_up = (full[..., 0] - corr).clamp_min(0)
+            rate_dn = (full[..., 1] + corr).clamp_min(0)
+        else:
+            rate_up = rate_dn = None
+        gap_up = hi_t - zv  # distance inside, to the upper face
+        gap_dn = zv - lo_t  # NaN where the lower face cannot be crossed
+        need = torch.cat([gap_up, gap_dn], 1).clamp_min(0) + self.slack  # NaN stays
+        if self.norm == "l1":  # pixels saturate: greedy box-aware fill per unit
+            g2 = grad.reshape(m * d, D)
+            x2 = xs.repeat_interleave(d, 0)
+            cost_up, _ = l1_fill(g2, x2, need[:, :d].reshape(-1))
+            cost_dn, _ = l1_fill(-g2, x2, need[:, d:].reshape(-1))
+            dist = torch.cat([cost_up.view(m, d), cost_dn.view(m, d)], 1)
+        else:
+            rates = torch.cat([rate_up, rate_dn], 1)
+            dist = need / rates.clamp_min(1e-12)
+            dist = dist.masked_fill(rates <= 0, math.inf)
+        dist = dist.masked_fill(torch.isnan(need), math.inf)
+        return dist, need
+
+    def _face_step(self, grad, xs, need, j, dist):
+        """The first-order input step through face ``j`` (per row; ``j < d``: up through the
+        unit's ``hi``, else down through its ``lo``) of length ``dist``."""
+        m, d, _ = grad.shape
+        unit = j % d
+        sign = 1.0 - 2.0 * (j >= d).to(grad.dtype)  # +1: up through hi
+        gj = grad[torch.arange(m, device=xs.device), unit] * sign.unsqueeze(1)
+        gj = torch.minimum(torch.maximum(gj, xs * -1e30), (1 - xs) * 1e30)
+        if self.norm == "l1":
+            gap_j = need.gather(1, j.view(-1, 1)).squeeze(1)
+            _, step = l1_fill(gj, xs, torch.nan_to_num(gap_j, posinf=0.0))
+            return step
+        return self._unit_step(gj, dist)
 
     @staticmethod
     def _merge_face(best, best_step, best_delta, sl, dist, step, f):
@@ -914,7 +943,9 @@ class MonitorAttack:
         }
 
     def _step(self, S: dict) -> None:
-        """One normalised gradient step for every slot (in place)."""
+        """One normalised gradient step for every slot (in place): evaluate both constraints,
+        keep a feasible iterate as a candidate, pick the gradient to follow, set the radius
+        and the step length, step and project."""
         norm, slack, budget = self.norm, self.slack, self.mode == "budget"
         x0, delta = S["x0"], S["delta"]
         xa = (x0 + delta).requires_grad_(True)
@@ -923,6 +954,37 @@ class MonitorAttack:
         gd = g.detach()
         feas = (gd >= slack / 2).all(1)
         dn = lp_norm(delta, norm)
+        known = self._keep_candidates(S, xa, feas, dn)
+        k = S["k"]
+        alpha = _cosine(k, self.steps, self.lr, self.lr / (10.0 if budget else 100.0))
+        alpha = (alpha * S["boost"]).clamp_max(1.0)
+        grads, choose = self._step_gradient(S, g, xa, alpha)
+        gch = gd.gather(1, choose.view(-1, 1)).squeeze(1)
+        nch = S["n_est"].gather(1, choose.view(-1, 1)).squeeze(1).clamp_min(1e-12)
+        xd = xa.detach()
+        # pixels at 0 cannot go down, at 1 not up: clip those gradient entries to 0
+        # (min/max against +-1e30-scaled bounds: much faster than boolean masks on CPU)
+        grads = torch.minimum(torch.maximum(grads, xd * -1e30), (1 - xd) * 1e30)
+        if budget:
+            e = S["eps"]
+            # step length: relative to the radius, but never much beyond the linearised
+            # distance to the goal (large budgets would otherwise make PGD jump about)
+            reach = dn + 2 * (slack - gch).clamp_min(0) / nch
+            step_len = alpha * torch.minimum(e, reach.clamp_min(1e-3 * e))
+        else:
+            e = self._radius(S, grads, xd, gch, nch, feas, dn, known)
+            S["eps"] = e
+            step_len = alpha * e
+        u = steepest_direction(grads, norm, self.l1_sparsity)
+        d_new = torch.addcmul(delta, step_len.unsqueeze(1), u)
+        d_new = project_ball(d_new, e, norm)
+        S["delta"] = (x0 + d_new).clamp_(0, 1) - x0
+        S["k"] = k + 1
+
+    @staticmethod
+    def _keep_candidates(S: dict, xa, feas, dn):
+        """Feasible iterates smaller than anything known (and within the row's cap) become
+        the row's pending candidate; returns the smallest known norm per row."""
         known = torch.minimum(S["best_norm"], S["cand_norm"])
         better = feas & (dn < known) & (dn <= S["cap"])
         if bool(better.any()):
@@ -931,10 +993,17 @@ class MonitorAttack:
             S["has_cand"] |= better
             known = torch.minimum(known, S["cand_norm"])
         S["found"] |= feas
+        return known
+
+    def _step_gradient(self, S: dict, g, xa, alpha):
+        """``(gradient to follow (R, D), pushed constraint (R,))``: the constraint with the
+        smallest normalised slack, its gradient alone (one backward) unless the other
+        constraint is near, the dual-norm estimates are fresh or the family needs both
+        gradients (two backwards; gradient surgery or :meth:`_direction`). Updates
+        ``S["n_est"]``, the gradients' dual norms."""
+        norm, slack = self.norm, self.slack
+        gd = g.detach()
         n_est = S["n_est"]
-        k = S["k"]
-        alpha = _cosine(k, self.steps, self.lr, self.lr / (10.0 if budget else 100.0))
-        alpha = (alpha * S["boost"]).clamp_max(1.0)
         fresh = torch.isnan(n_est[:, 0])
         score = (gd - slack) / n_est.clamp_min(1e-12)  # normalised slack (linearised distance)
         # the other constraint is "near" when this step could break it
@@ -965,47 +1034,33 @@ class MonitorAttack:
             grads, = torch.autograd.grad(sel.sum(), xa)
             n_est = n_est.scatter(1, choose.view(-1, 1), dual_norm(grads, norm).view(-1, 1))
         S["n_est"] = n_est
-        gch = gd.gather(1, choose.view(-1, 1)).squeeze(1)
-        nch = n_est.gather(1, choose.view(-1, 1)).squeeze(1).clamp_min(1e-12)
-        xd = xa.detach()
-        # pixels at 0 cannot go down, at 1 not up: clip those gradient entries to 0
-        # (min/max against +-1e30-scaled bounds: much faster than boolean masks on CPU)
-        grads = torch.minimum(torch.maximum(grads, xd * -1e30), (1 - xd) * 1e30)
-        if budget:
-            e = S["eps"]
-            # step length: relative to the radius, but never much beyond the linearised
-            # distance to the goal (large budgets would otherwise make PGD jump about)
-            reach = dn + 2 * (slack - gch).clamp_min(0) / nch
-            step_len = alpha * torch.minimum(e, reach.clamp_min(1e-3 * e))
-        else:
-            gamma = _cosine(k, self.steps, *self.gamma)
-            e_prev = S["eps"]
-            dist = (slack - gch) / nch  # < 0: how far inside the feasible set (linearised)
-            if norm == "l1":  # pixels saturate: the box-aware first-order L1 distance
-                out = (dist > 0) & ~S["found"]
-                if bool(out.any()):
-                    cost, _ = l1_fill(grads[out], xd[out], (slack - gch)[out])
-                    dist = dist.clone()
-                    dist[out] = torch.where(torch.isfinite(cost), cost, dist[out])
-            # feasible: shrink by (1 - gamma) as FMN, or at once to the linearised boundary
-            # when it is much closer (at most halving the radius per step)
-            inside = torch.maximum(dn + self.shrink * dist, dn / 2)
-            e = torch.where(
-                feas, torch.minimum(torch.minimum(e_prev * (1 - gamma), known), inside),
-                torch.where(S["found"] & torch.isfinite(e_prev), e_prev * (1 + gamma),
-                            # not found yet: the linearised distance, but growing at most
-                            # geometrically (a PGD-like search on slowly widening spheres;
-                            # a bad linearisation cannot make the radius run away)
-                            torch.minimum(dn + dist.clamp_min(0), e_prev * (1 + self.grow))),
-            )
-            e = torch.minimum(torch.minimum(e, S["worst"]), S["cap"])
-            S["eps"] = e
-            step_len = alpha * e
-        u = steepest_direction(grads, norm, self.l1_sparsity)
-        d_new = torch.addcmul(delta, step_len.unsqueeze(1), u)
-        d_new = project_ball(d_new, e, norm)
-        S["delta"] = (x0 + d_new).clamp_(0, 1) - x0
-        S["k"] = k + 1
+        return grads, choose
+
+    def _radius(self, S: dict, grads, xd, gch, nch, feas, dn, known):
+        """Minimal mode: the next radius of every row (FMN's adaptive ball, see the module
+        docstring), within the row's worst case and cap."""
+        slack = self.slack
+        gamma = _cosine(S["k"], self.steps, *self.gamma)
+        e_prev = S["eps"]
+        dist = (slack - gch) / nch  # < 0: how far inside the feasible set (linearised)
+        if self.norm == "l1":  # pixels saturate: the box-aware first-order L1 distance
+            out = (dist > 0) & ~S["found"]
+            if bool(out.any()):
+                cost, _ = l1_fill(grads[out], xd[out], (slack - gch)[out])
+                dist = dist.clone()
+                dist[out] = torch.where(torch.isfinite(cost), cost, dist[out])
+        # feasible: shrink by (1 - gamma) as FMN, or at once to the linearised boundary
+        # when it is much closer (at most halving the radius per step)
+        inside = torch.maximum(dn + self.shrink * dist, dn / 2)
+        e = torch.where(
+            feas, torch.minimum(torch.minimum(e_prev * (1 - gamma), known), inside),
+            torch.where(S["found"] & torch.isfinite(e_prev), e_prev * (1 + gamma),
+                        # not found yet: the linearised distance, but growing at most
+                        # geometrically (a PGD-like search on slowly widening spheres;
+                        # a bad linearisation cannot make the radius run away)
+                        torch.minimum(dn + dist.clamp_min(0), e_prev * (1 + self.grow))),
+        )
+        return torch.minimum(torch.minimum(e, S["worst"]), S["cap"])
 
     def _verify_slots(self, S: dict) -> None:
         """Exact float32 check (``monitor.predict``) of pending candidates; promote passes."""
@@ -1072,7 +1127,8 @@ class MonitorAttack:
         return out
 
 def attack(model, monitor, inputs, *, goal: str = "dos", norm: str = "l2", mode: str = "minimal",
-           epsilon: float | None = None, labels=None, targets=None, starts=None, **options) -> AttackResult:
+           epsilon: float | None = None, labels=None, targets=None, starts=None,
+           **options) -> AttackResult:
     """Functional shortcut: ``MonitorAttack(goal, norm, mode, epsilon, **options)(model, ...)``."""
     return MonitorAttack(goal=goal, norm=norm, mode=mode, epsilon=epsilon, **options)(
         model, monitor, inputs, labels=labels, targets=targets, starts=starts

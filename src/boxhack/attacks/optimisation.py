@@ -1,4 +1,4 @@
-"""The paper's optimisation attacks on a classifier and its box monitor, solved with SciPy.
+"""The paper's optimisation attacks on a classifier and its monitor, solved with SciPy.
 
 Four problems, {Attack 1, Attack 2} x {L1, L2} (Hajj Ibrahim & Nassar, section 3.1), from an
 input ``x0`` whose prediction is ``c = predict(x0)``:
@@ -21,8 +21,8 @@ Constraint encodings (``encoding=``):
   and monitor). Piecewise constant: every gradient is zero, finite differences see nothing.
 - ``"margin"``: the same feasible set as continuous functions with exact torch gradients (float64
   copy of the model): the logit margin ``logit_c - max_{j != c} logit_j`` and the monitor's
-  signed box margin (``BoxMonitor.forward_margin``, >= 0 iff accepted), each with a small slack
-  so the float32 point really is on the right side.
+  signed margin (``monitor.forward_margin``, >= 0 iff accepted: any monitor of the protocol),
+  each with a small slack so the float32 point really is on the right side.
 
 Solvers (``solver=``): ``"slsqp"``, ``"cobyla"`` (``scipy.optimize.minimize``), ``"shgo"``,
 ``"de"`` (``differential_evolution``, vectorised). Search spaces (``space=``): see
@@ -62,20 +62,30 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.optimize import (
+    Bounds,
+    LinearConstraint,
+    NonlinearConstraint,
+    differential_evolution,
+    minimize,
+    shgo,
+)
 
+from boxhack.attacks.base import Attack, check_options
 from boxhack.attacks.subspace import make_space, parse_space
-from boxhack.attacks.verify import AttackResult, as_batch, decide, verify
+from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
-from boxhack.infra.sandbox import SandboxPool, Task, TaskContext, shared_pool
+from boxhack.infra.sandbox import Outcome, SandboxPool, Task, TaskContext, shared_pool
 
-__all__ = ["ENCODINGS", "GOALS", "NORMS", "SOLVERS", "n_variables", "optimise_attack",
-           "solver_settings"]
+__all__ = ["ENCODINGS", "GOALS", "NORMS", "OUTCOMES", "SOLVERS", "OptimisationAttack",
+           "n_variables", "optimise_attack", "solver_settings"]
 
 SOLVERS = ("slsqp", "cobyla", "shgo", "de")
 NORMS = ("l1", "l2")
 ENCODINGS = ("margin", "indicator")
 GOALS = ("dos", "intrude", "intrude-any", "combined")
-OUTCOMES = ("success", "failed", "timeout", "out-of-memory", "error")
+NOT_ATTACKED = "not-attacked"  # OptimisationAttack: an input whose goal holds already, or ineligible
+OUTCOMES = ("success", "failed", "timeout", "out-of-memory", "error", NOT_ATTACKED)
 
 SLACK = 1e-4  # margin encoding: constraints are margin >= SLACK (logit and monitor units)
 PUSHES = (0.0, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)  # tried on x0 + (1 + t)(x - x0) before giving up
@@ -85,7 +95,158 @@ _PRELOAD = ("boxhack.attacks.optimisation", "scipy.optimize")
 
 
 # ============================================================================================
-# Public entry point (parent process).
+# Public entry points (parent process).
+
+
+class OptimisationAttack(Attack):
+    """The paper's optimisation attacks, solved with SciPy, as an :class:`~boxhack.attacks.base.Attack`.
+
+    ``OptimisationAttack(goal, norm, solver, encoding, space, ...)(model, monitor, inputs,
+    labels=None, starts=None, train_inputs=None, input_shape=None)`` solves one problem per
+    input (see the module docstring) against any monitor of the protocol (the ``"margin"``
+    encoding uses the monitor's differentiable ``forward_margin``). Inputs that may not be
+    attacked (:func:`~boxhack.attacks.verify.starting_state`: the goal already holds at
+    ``x0``, or Attack 1 from a misclassified input when ``labels`` are given) are returned
+    unchanged with outcome ``"not-attacked"``; :func:`optimise_attack` refuses them instead.
+
+    Parameters
+    ----------
+    goal : "dos" (Attack 1) | "intrude" (Attack 2, same prediction) | "intrude-any" |
+        "combined" (prediction != ``labels`` and accepted), or a paper alias ("1", "2", "2-any").
+    norm : "l1" | "l2";  solver : "slsqp" | "cobyla" | "shgo" | "de";
+    encoding : "margin" | "indicator";  space : "input" | "pca:K" | "blocks:B".
+    max_evals : int or None -- budget of points evaluated per solve (``None``: the solver's own
+        limits).
+    solver_options : dict -- the solver's budget and settings (override :func:`solver_settings`).
+    time_limit : float or None -- the safety net: seconds after its start at which a solve's
+        process is killed (outcome ``"timeout"``). It does not decide results: set it far
+        above the budget's normal run time.
+    memory_limit_mb : float or None -- extra address space a solve may take.
+    n_jobs : int -- solves run in parallel (one process each).
+    seed : int -- random seed (DE; input ``i`` of the batch gets ``[seed, i]``).
+    isolate : bool -- ``False`` runs solves in this process (no safety net or memory limit; for
+        debugging).
+
+    Per call: ``labels`` (true labels: the reference of "combined", default the predictions;
+    with "dos" they make misclassified inputs ineligible), ``starts`` (initial points, e.g.
+    FGSM outputs: the search is centred there, the distance measured to ``x0``; SHGO ignores
+    them in the input space), ``train_inputs`` (needed by ``space="pca:K"``), ``input_shape``
+    (the model's per-sample input shape, inferred when omitted).
+
+    ``result.info`` holds per-sample lists ``outcome``, ``wall_s``, ``nfev``, ``nit``,
+    ``message``, ``stopped_by`` and the settings (``budget``: ``max_evals`` and the solver's
+    effective settings).
+    """
+
+    goals = GOALS
+    name = "scipy"
+
+    def __init__(self, goal: str = "dos", norm: str = "l2", solver: str = "slsqp",
+                 encoding: str = "margin", space: str = "input", *, max_evals: int | None = None,
+                 solver_options: dict | None = None, time_limit: float | None = 600.0,
+                 memory_limit_mb: float | None = 4096, n_jobs: int = 1, seed: int = 0,
+                 isolate: bool = True) -> None:
+        self.goal = self._set_goal(goal)
+        self.norm = _choose("norm", norm, NORMS)
+        self.solver = _choose("solver", solver, SOLVERS)
+        self.encoding = _choose("encoding", encoding, ENCODINGS)
+        self.space = space
+        self._kind, _ = parse_space(space)
+        _check_limits(time_limit, memory_limit_mb, max_evals, n_jobs)
+        self.max_evals = max_evals
+        self.solver_options = dict(solver_options) if solver_options else None
+        self.time_limit = time_limit
+        self.memory_limit_mb = memory_limit_mb
+        self.n_jobs = n_jobs
+        self.seed = int(seed)
+        self.isolate = bool(isolate)
+
+    def run(self, model, monitor, inputs, *, labels=None, targets=None, starts=None,
+            goal: str | None = None, train_inputs=None, input_shape=None,
+            **options) -> AttackResult:
+        check_options(type(self).__name__, options, ("train_inputs", "input_shape"))
+        if targets is not None:
+            raise BoxhackError(f"{type(self).__name__} takes no targets (its goals: "
+                               f"{', '.join(self.goals)})")
+        attack = self
+        if goal is not None and goal != self.goal:
+            attack = copy.copy(self)
+            attack.goal = self._set_goal(goal)
+        return attack._attack(model, monitor, inputs, labels=labels, starts=starts,
+                              train_inputs=train_inputs, input_shape=input_shape, strict=False)
+
+    def _attack(self, model, monitor, x0, *, labels, starts, train_inputs, input_shape,
+                strict: bool) -> AttackResult:
+        """Validate, solve the inputs that are attacked (``strict``: all of them, or an
+        error), verify the whole batch."""
+        if not getattr(monitor, "is_fitted", True):
+            raise BoxhackError("the monitor is not fitted; fit it or load one with "
+                               "boxhack.monitor.load_monitor")
+        model.eval()
+        x0_arr, shape = _as_inputs(model, x0, input_shape)
+        n = len(x0_arr)
+        train_inputs = _check_space_inputs(self.space, self._kind, shape, train_inputs)
+        starts_arr = None
+        if starts is not None:
+            starts_arr = as_batch(starts, "starts", shape)
+            if len(starts_arr) != n:
+                raise BoxhackError(f"starts has {len(starts_arr)} inputs, x0 has {n}")
+        labels_arr = _check_labels(labels, n, monitor)
+        pred0, acc0 = monitor.predict(model, x0_arr)
+        pred0 = np.asarray(pred0, dtype=np.int64)
+        acc0 = np.asarray(acc0, dtype=bool)
+        if strict:
+            _check_start_state(self.goal, acc0)
+            todo = np.arange(n)
+        else:
+            todo = np.flatnonzero(starting_state(self.goal, pred0, acc0, labels_arr)[0])
+        nv = n_variables(self.solver, self.norm, self.space, shape)
+        settings = solver_settings(self.solver, nv, self.solver_options)
+        tasks = self._tasks(model, monitor, x0_arr, starts_arr, pred0,
+                            pred0.copy() if labels_arr is None else labels_arr, todo,
+                            train_inputs if self._kind == "pca" else None, settings)  # fmt: skip
+        outcomes = self._solve(tasks)
+        x_out, per = _collect(outcomes, todo, x0_arr, shape)
+        result = verify(
+            model, monitor, x0_arr, x_out, self.goal,
+            labels=labels_arr, pred0=pred0, accepted0=acc0,
+        )  # fmt: skip
+        per["outcome"] = [NOT_ATTACKED] * n
+        for out, i in zip(outcomes, todo):
+            per["outcome"][i] = _outcome(bool(result.success[i]), out)
+        result.info.update(per)
+        result.info.update(
+            solver=self.solver, norm=self.norm, encoding=self.encoding, space=self.space,
+            goal=self.goal, time_limit=self.time_limit, memory_limit_mb=self.memory_limit_mb,
+            max_evals=self.max_evals,
+            budget={"max_evals": self.max_evals, "solver": settings, "n_variables": nv},
+        )  # fmt: skip
+        return result
+
+    def _tasks(self, model, monitor, x0_arr, starts_arr, pred0, labels_eff, todo,
+               train_inputs, settings: dict) -> list[Task]:
+        """One sandbox task per input attacked: its problem, the model (packed once) and the
+        monitor. Input ``i`` of the batch gets the seed ``[seed, i]``."""
+        packed_model = _pack_model(model)
+        tasks = []
+        for i in todo:
+            args = {
+                "model": packed_model, "monitor": monitor, "x0": x0_arr[i],
+                "start": None if starts_arr is None else starts_arr[i],
+                "c0": int(pred0[i]), "label": int(labels_eff[i]), "goal": self.goal,
+                "norm": self.norm, "solver": self.solver, "encoding": self.encoding,
+                "space": self.space, "train_inputs": train_inputs,
+                "max_evals": self.max_evals, "seed": [self.seed, int(i)], "options": settings,
+            }  # fmt: skip
+            tasks.append(Task(_TASK, args, self.time_limit, self.memory_limit_mb))
+        return tasks
+
+    def _solve(self, tasks: list[Task]) -> list[Outcome]:
+        if not self.isolate:
+            return [_run_inline(t) for t in tasks]
+        pool: SandboxPool = shared_pool(self.n_jobs, _PRELOAD)
+        pool.size = max(1, self.n_jobs)
+        return pool.run(tasks)
 
 
 def optimise_attack(
@@ -112,118 +273,47 @@ def optimise_attack(
 ) -> AttackResult:
     """Run the optimisation attack ``goal`` on each input of ``x0``; returns a verified result.
 
-    Args:
-        model: a PyTorch classifier (logits out); ``monitor``: a fitted ``BoxMonitor``.
-        x0: one input or a batch ``(N, *input_shape)``, values in [0, 1].
-        goal: ``"dos"`` (Attack 1), ``"intrude"`` (Attack 2, same prediction),
-            ``"intrude-any"``, ``"combined"`` (prediction != ``labels`` and accepted).
-        norm, solver, encoding, space: see the module docstring.
-        labels: true labels for ``"combined"`` (default: the predictions on ``x0``).
-        starts: initial points (e.g. FGSM outputs) of the same shape as ``x0``; the search is
-            centred there while the distance is still measured to ``x0``. SHGO ignores it in the
-            input space (it has no starting point) but a subspace is centred on it.
-        time_limit: the safety net: seconds after its start at which a solve's process is
-            killed (outcome ``"timeout"``); ``None`` = none. It does not decide results: set it
-            far above the budget's normal run time.
-        memory_limit_mb: extra address space a solve may take; ``None`` = no limit.
-        max_evals: budget of points evaluated per solve (``None`` = the solver's own limits).
-        n_jobs: solves run in parallel (one process each).
-        train_inputs: training inputs, needed by ``space="pca:K"``.
-        seed: random seed (DE; per sample ``[seed, i]``).
-        input_shape: the model's per-sample input shape (inferred when omitted).
-        solver_options: the solver's budget and settings (override :func:`solver_settings`).
-        isolate: ``False`` runs solves in this process (no safety net or memory limit; for
-            debugging).
-
-    Returns:
-        An :class:`~boxhack.attacks.verify.AttackResult`; ``info`` holds per-sample lists
-        ``outcome``, ``wall_s``, ``nfev``, ``nit``, ``message``, ``stopped_by`` and the settings
-        (``budget``: ``max_evals`` and the solver's effective settings).
+    The functional form of :class:`OptimisationAttack` (the arguments are documented there),
+    with one difference: every input must be attackable. ``x0`` may be one input or a batch
+    ``(N, *input_shape)``, values in [0, 1].
 
     Raises:
         BoxhackError: bad names, shapes or values, or ``x0`` already in the goal's end state
             (Attack 1 from a rejected input, Attack 2 from an accepted one).
     """
-    goal = _choose("goal", goal, GOALS)
-    norm = _choose("norm", norm, NORMS)
-    solver = _choose("solver", solver, SOLVERS)
-    encoding = _choose("encoding", encoding, ENCODINGS)
-    kind, _ = parse_space(space)
-    _check_limits(time_limit, memory_limit_mb, max_evals, n_jobs)
-    if not getattr(monitor, "is_fitted", True):
-        raise BoxhackError("the monitor is not fitted; fit it or load one with BoxMonitor.load")
-    model.eval()
-    x0_arr, shape = _as_inputs(model, x0, input_shape)
-    n = len(x0_arr)
-    train_inputs = _check_space_inputs(space, kind, shape, train_inputs)
-    starts_arr = None
-    if starts is not None:
-        starts_arr = as_batch(starts, "starts", shape)
-        if len(starts_arr) != n:
-            raise BoxhackError(f"starts has {len(starts_arr)} inputs, x0 has {n}")
-    labels_arr = _check_labels(labels, n, monitor)
-    pred0, acc0 = monitor.predict(model, x0_arr)
-    pred0 = np.asarray(pred0, dtype=np.int64)
-    acc0 = np.asarray(acc0, dtype=bool)
-    _check_start_state(goal, acc0)
-    labels_eff = pred0.copy() if labels_arr is None else labels_arr
-
-    nv = n_variables(solver, norm, space, shape)
-    settings = solver_settings(solver, nv, solver_options)
-    packed_model = _pack_model(model)
-    tasks = []
-    for i in range(n):
-        args = {
-            "model": packed_model, "monitor": monitor, "x0": x0_arr[i],
-            "start": None if starts_arr is None else starts_arr[i],
-            "c0": int(pred0[i]), "label": int(labels_eff[i]), "goal": goal, "norm": norm,
-            "solver": solver, "encoding": encoding, "space": space,
-            "train_inputs": train_inputs if kind == "pca" else None,
-            "max_evals": max_evals, "seed": [int(seed), i], "options": settings,
-        }  # fmt: skip
-        tasks.append(Task(_TASK, args, time_limit, memory_limit_mb))
-    if isolate:
-        pool: SandboxPool = shared_pool(n_jobs, _PRELOAD)
-        pool.size = max(1, n_jobs)
-        outcomes = pool.run(tasks)
-    else:
-        outcomes = [_run_inline(t) for t in tasks]
-
-    x_out, per = _collect(outcomes, x0_arr, shape)
-    result = verify(
-        model, monitor, x0_arr, x_out, goal,
-        labels=labels_arr, pred0=pred0, accepted0=acc0,
+    attack = OptimisationAttack(
+        goal, norm, solver, encoding, space, max_evals=max_evals, solver_options=solver_options,
+        time_limit=time_limit, memory_limit_mb=memory_limit_mb, n_jobs=n_jobs, seed=seed,
+        isolate=isolate,
     )  # fmt: skip
-    per["outcome"] = [_outcome(bool(result.success[i]), out) for i, out in enumerate(outcomes)]
-    result.info.update(per)
-    result.info.update(
-        solver=solver, norm=norm, encoding=encoding, space=space, goal=goal,
-        time_limit=time_limit, memory_limit_mb=memory_limit_mb, max_evals=max_evals,
-        budget={"max_evals": max_evals, "solver": settings, "n_variables": nv},
-    )  # fmt: skip
-    return result
+    return attack._attack(model, monitor, x0, labels=labels, starts=starts,
+                          train_inputs=train_inputs, input_shape=input_shape, strict=True)
 
 
-def _collect(outcomes, x0_arr: np.ndarray, shape) -> tuple[np.ndarray, dict]:
-    """The points the solves returned (or streamed before a kill) and their statistics."""
+def _collect(outcomes, todo, x0_arr: np.ndarray, shape) -> tuple[np.ndarray, dict]:
+    """The points the solves of inputs ``todo`` returned (or streamed before a kill) and
+    their statistics (inputs not attacked: ``x0``, no evaluations)."""
     x_out = x0_arr.copy()
-    per = {k: [] for k in ("wall_s", "nfev", "nit", "message", "stopped_by")}
-    for i, out in enumerate(outcomes):
+    n = len(x0_arr)
+    per = {"wall_s": [0.0] * n, "nfev": [0] * n, "nit": [0] * n,
+           "message": ["not attacked (see starting_state)"] * n,
+           "stopped_by": [NOT_ATTACKED] * n}  # fmt: skip
+    for i, out in zip(todo, outcomes):
         value = out.value if out.status == "ok" else None
         best = value if value is not None else out.progress
         if best is not None and best.get("x") is not None:
             x_out[i] = np.asarray(best["x"], dtype=np.float32).reshape(shape)
         info = value or out.progress or {}
-        per["wall_s"].append(float(out.wall_s))
+        per["wall_s"][i] = float(out.wall_s)
         # the shared counter is the truth for a killed solve; a finished one says itself
-        per["nfev"].append(int(info["nfev"]) if value is not None else int(out.count))
-        per["nit"].append(int(info.get("nit", 0)))
+        per["nfev"][i] = int(info["nfev"]) if value is not None else int(out.count)
+        per["nit"][i] = int(info.get("nit", 0))
         if out.status == "ok":
-            per["message"].append(str(value.get("message", "")))
-            per["stopped_by"].append(str(value.get("stopped_by", "solver")))
+            per["message"][i] = str(value.get("message", ""))
+            per["stopped_by"][i] = str(value.get("stopped_by", "solver"))
         else:
-            per["message"].append(out.message.splitlines()[0] if out.message else out.status)
-            per["stopped_by"].append("safety-net" if out.status == "timeout" else out.status)
+            per["message"][i] = out.message.splitlines()[0] if out.message else out.status
+            per["stopped_by"][i] = "safety-net" if out.status == "timeout" else out.status
     return x_out, per
 
 
@@ -348,8 +438,6 @@ def _unpack_model(packed):
 
 def _run_inline(task: Task):
     """Solve in this process (no safety net, no memory limit)."""
-    from boxhack.infra.sandbox import Outcome
-
     start = time.monotonic()
     held = {"p": None, "n": 0}
     ctx = TaskContext(report=lambda v: held.__setitem__("p", v),
@@ -711,14 +799,10 @@ def solver_settings(solver: str, nv: int, options: dict | None = None) -> dict:
 
 
 def _bounds(p: Problem):
-    from scipy.optimize import Bounds
-
     return Bounds(p.lower, p.upper)
 
 
 def _solve_slsqp(p: Problem, opts: dict):
-    from scipy.optimize import minimize
-
     cons = [{"type": "ineq", "fun": p.cons}]
     if p.encoding == "margin":
         cons[0]["jac"] = p.cons_jac
@@ -730,8 +814,6 @@ def _solve_slsqp(p: Problem, opts: dict):
 
 
 def _solve_cobyla(p: Problem, opts: dict):
-    from scipy.optimize import minimize
-
     cons = [{"type": "ineq", "fun": p.cons}]
     if p.aux:
         a, lb = p.linear()
@@ -760,8 +842,6 @@ def _shgo_sampling(nv: int) -> dict:
 
 
 def _solve_shgo(p: Problem, opts: dict):
-    from scipy.optimize import shgo
-
     cons = [{"type": "ineq", "fun": p.cons}]
     local_cons = [{"type": "ineq", "fun": p.cons}]
     if p.encoding == "margin":
@@ -788,8 +868,6 @@ def _solve_shgo(p: Problem, opts: dict):
 
 
 def _solve_de(p: Problem, opts: dict, seed):
-    from scipy.optimize import LinearConstraint, NonlinearConstraint, differential_evolution
-
     cons = [NonlinearConstraint(p.cons_batch, 0.0, np.inf)]
     if p.aux:
         a, lb = p.linear()

@@ -1,4 +1,4 @@
-"""Orthogonal-PGD-style attack on a classifier and its box monitor.
+"""Orthogonal-PGD-style attack on a classifier and its monitor (any abstraction).
 
 After Bryniarski, Hingun, Pachuca, Wang & Carlini, "Evading Adversarial Example Detection
 Defenses with Orthogonal Projected Gradient Descent" (ICLR 2022): when an attack must satisfy a
@@ -9,8 +9,8 @@ order) the step leaves the other objective unchanged:
 
 - while the classifier constraint ``g1`` (the model predicts the row's class ``t``) is violated,
   step along ``grad g1`` minus its component along ``grad g2``;
-- otherwise step along ``grad g2`` (the box margin: in for "intrude"/"combined", out for "dos")
-  minus its component along ``grad g1``.
+- otherwise step along ``grad g2`` (the monitor's margin: in for "intrude"/"combined", out for
+  "dos") minus its component along ``grad g1``.
 
 Here the monitor plays the detector, and the rest is :class:`~boxhack.attacks.gradient.MonitorAttack`:
 the same goals, norms, minimal (adaptive-radius, FMN-style) and budget (PGD) modes, slots and
@@ -28,9 +28,9 @@ __all__ = ["GOALS_SUPPORTED", "OrthogonalAttack"]
 
 
 class OrthogonalAttack(MonitorAttack):
-    """Orthogonal PGD on (classifier, monitor); parameters and call as :class:`MonitorAttack`
-    (its ``face_init`` warm start for "dos" is off by default here, so the two search rules
-    can be compared as they are)."""
+    """Orthogonal PGD on (classifier, monitor); parameters and call as :class:`MonitorAttack`,
+    an :class:`~boxhack.attacks.base.Attack` (its ``face_init`` warm start for "dos" is off by
+    default here, so the two search rules can be compared as they are)."""
 
     name = "orthogonal-pgd"
     two_gradients = True

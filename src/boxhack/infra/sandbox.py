@@ -34,6 +34,7 @@ workers) and never re-import the user's ``__main__`` script.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib
 import mmap
 import os
@@ -212,7 +213,7 @@ def _vm_size_bytes() -> int | None:
 def _set_memory_limit(limit_bytes: int | None):
     """Lower the soft RLIMIT_AS to current size + limit; returns a function that undoes it."""
     try:
-        import resource
+        import resource  # a local import: the module exists on POSIX systems only
     except ImportError:  # not POSIX
         return lambda: None
     if limit_bytes is None:
@@ -234,8 +235,6 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -593,6 +592,12 @@ class _Worker:
         return "error", f"the solver process exited unexpectedly (exit code {code})"
 
 
+def _elapsed(worker: _Worker) -> float:
+    """Seconds since the worker's task started (or was sent, before it said so)."""
+    t0 = worker.started if worker.started is not None else worker.sent
+    return time.monotonic() - t0 if t0 is not None else 0.0
+
+
 class SandboxPool:
     """Up to ``size`` sandbox children; :meth:`run` runs tasks on them in parallel."""
 
@@ -688,67 +693,17 @@ class SandboxPool:
                 on_done(worker.job, outcome)
             worker.clear()
 
-        def elapsed(worker: _Worker) -> float:
-            t0 = worker.started if worker.started is not None else worker.sent
-            return time.monotonic() - t0 if t0 is not None else 0.0
-
         try:
             while pending or any(w.job is not None for w in self._workers):
-                # replace dead idle workers, start new ones up to size, hand out tasks
-                for w in list(self._workers):
-                    if w.job is None and not w.alive:
-                        self._discard(w, kill=False)
-                while pending and len(self._workers) < self.size:
-                    self._spawn()
-                n_busy = sum(w.job is not None for w in self._workers)
-                for w in self._workers:
-                    if w.ready and w.job is None and pending and n_busy < self.size:
-                        n_busy += 1
-                        index, task = pending.popleft()
-                        try:
-                            w.send(index, task)
-                        except (OSError, ValueError) as exc:
-                            w.job, w.task = index, task
-                            finish(w, Outcome("error", message=f"could not send the task: {exc}"))
-                            self._discard(w)
-                            break
+                self._hand_out(pending, finish)
                 busy = [w for w in self._workers if w.job is not None or not w.ready]
                 if not busy:
                     continue
-                now = time.monotonic()
-                deadlines = []
-                for w in busy:
-                    if not w.ready:
-                        deadlines.append(w.spawned + STARTUP_TIMEOUT)
-                    elif w.started is not None and w.task.time_limit is not None:
-                        deadlines.append(w.started + w.task.time_limit)
-                timeout = max(0.0, min(deadlines) - now) if deadlines else None
-                readable = wait([w.from_child.conn for w in busy], timeout=timeout)
+                readable = wait([w.from_child.conn for w in busy], timeout=self._next_deadline(busy))
                 for w in busy:
                     if w.from_child.conn in readable:
-                        self._drain(w, finish, elapsed)
-                now = time.monotonic()
-                for w in list(self._workers):
-                    if not w.ready and now > w.spawned + STARTUP_TIMEOUT:
-                        self._discard(w)
-                        raise BoxhackError(
-                            f"a solver process did not start within {STARTUP_TIMEOUT:.0f} s"
-                        )
-                    if (
-                        w.job is not None
-                        and w.started is not None
-                        and w.task.time_limit is not None
-                        and now > w.started + w.task.time_limit
-                    ):
-                        limit = w.task.time_limit
-                        w.kill()
-                        finish(w, Outcome(
-                            "timeout",
-                            message=f"killed by the {limit:g} s safety net (the task did not "
-                                    f"return by itself)",
-                            wall_s=elapsed(w),
-                        ))  # fmt: skip
-                        self._discard(w, kill=False)
+                        self._drain(w, finish, _elapsed)
+                self._enforce_limits(finish)
         except BaseException:
             for w in list(self._workers):
                 if w.job is not None or not w.ready:
@@ -756,7 +711,64 @@ class SandboxPool:
             raise
         return [o if o is not None else Outcome("error", message="not run") for o in outcomes]
 
-    def _drain(self, w: _Worker, finish, elapsed) -> None:
+    def _hand_out(self, pending: deque, finish) -> None:
+        """Replace dead idle workers, start new ones up to ``size``, hand out tasks."""
+        for w in list(self._workers):
+            if w.job is None and not w.alive:
+                self._discard(w, kill=False)
+        while pending and len(self._workers) < self.size:
+            self._spawn()
+        n_busy = sum(w.job is not None for w in self._workers)
+        for w in self._workers:
+            if w.ready and w.job is None and pending and n_busy < self.size:
+                n_busy += 1
+                index, task = pending.popleft()
+                try:
+                    w.send(index, task)
+                except (OSError, ValueError) as exc:
+                    w.job, w.task = index, task
+                    finish(w, Outcome("error", message=f"could not send the task: {exc}"))
+                    self._discard(w)
+                    break
+
+    @staticmethod
+    def _next_deadline(busy: list[_Worker]) -> float | None:
+        """Seconds until the first start-up limit or safety net of ``busy`` runs out."""
+        now = time.monotonic()
+        deadlines = []
+        for w in busy:
+            if not w.ready:
+                deadlines.append(w.spawned + STARTUP_TIMEOUT)
+            elif w.started is not None and w.task.time_limit is not None:
+                deadlines.append(w.started + w.task.time_limit)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _enforce_limits(self, finish) -> None:
+        """Refuse a worker that did not start in time; kill a task past its safety net."""
+        now = time.monotonic()
+        for w in list(self._workers):
+            if not w.ready and now > w.spawned + STARTUP_TIMEOUT:
+                self._discard(w)
+                raise BoxhackError(
+                    f"a sandbox process did not start within {STARTUP_TIMEOUT:.0f} s"
+                )
+            if (
+                w.job is not None
+                and w.started is not None
+                and w.task.time_limit is not None
+                and now > w.started + w.task.time_limit
+            ):
+                limit = w.task.time_limit
+                w.kill()
+                finish(w, Outcome(
+                    "timeout",
+                    message=f"killed by the {limit:g} s safety net (the task did not "
+                            f"return by itself)",
+                    wall_s=_elapsed(w),
+                ))  # fmt: skip
+                self._discard(w, kill=False)
+
+    def _drain(self, w: _Worker, finish, elapsed: Callable[[_Worker], float]) -> None:
         """Read every message a child has sent."""
         while True:
             try:
@@ -771,9 +783,10 @@ class SandboxPool:
                 elif not w.ready:
                     code = w.proc.wait()
                     self._discard(w, kill=False)
+                    modules = ", ".join(("boxhack.infra.sandbox", *self.preload))
                     raise BoxhackError(
-                        f"a solver process failed to start (exit code {code}); check that "
-                        f"`{sys.executable} -c 'import boxhack.attacks.optimisation'` works"
+                        f"a sandbox process failed to start (exit code {code}); check that "
+                        f"`{sys.executable} -c 'import {modules}'` works"
                     ) from None
                 else:
                     self._discard(w, kill=False)
@@ -833,39 +846,6 @@ def run_task(
     """Run one task in this process's shared sandbox; see :class:`SandboxPool`."""
     task = Task(fn, args, time_limit, memory_limit_mb)
     return shared_pool(1, preload).run([task])[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Small task functions (used by the tests and as examples).
-
-
-def sleep_task(args, ctx: TaskContext):
-    """Sleep ``args`` seconds (a solver stuck in C code)."""
-    time.sleep(float(args))
-    return "slept"
-
-
-def report_then_sleep_task(args, ctx: TaskContext):
-    """Count to ``args["count"]`` (default 0) and report ``args["report"]``, then sleep
-    ``args["sleep"]`` seconds (work done, then stuck in C code)."""
-    for i in range(1, int(args.get("count", 0)) + 1):
-        ctx.count(i)
-    ctx.report(args["report"])
-    time.sleep(float(args["sleep"]))
-    return "slept"
-
-
-def crash_task(args, ctx: TaskContext):
-    """Die abruptly (to test how crashes are reported)."""
-    os.abort()
-
-
-def allocate_task(args, ctx: TaskContext):
-    """Allocate ``args`` MiB and touch it (to test the memory limit)."""
-    import numpy as np
-
-    block = np.ones(int(args * 2**20 // 8))
-    return float(block.sum())
 
 
 if __name__ == "__main__":  # pragma: no cover - the child processes' entry point

@@ -140,7 +140,7 @@ def stratified_split(
     for label in np.unique(y):
         idx = np.flatnonzero(y == label)
         rng.shuffle(idx)
-        n_test = int(round(len(idx) * test_fraction))
+        n_test = round(len(idx) * test_fraction)
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
@@ -200,7 +200,7 @@ def fashion_mnist_dir() -> Path | None:
     if shutil.which("dpkg"):
         try:
             listing = subprocess.run(
-                ["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=10
+                ["dpkg", "-L", "dataset-fashion-mnist"], check=False, capture_output=True, text=True, timeout=10
             ).stdout
         except (OSError, subprocess.SubprocessError):
             return None

@@ -131,7 +131,7 @@ def job(params: dict) -> dict:
         kwargs["pool"] = dataset.x_train[pool_idx[: params["pool_size"]]]
     t0 = time.perf_counter()
     results = run_adversarial_sweep(
-        model, target, x, y, spec.name, params["epsilons"], criterion=params["criterion"],
+        model, target, x, y, spec.name, params["epsilons"], goal=params["criterion"],
         budget=params["budget"], seed=params["seed"], **kwargs,
     )  # fmt: skip
     attack_s = time.perf_counter() - t0

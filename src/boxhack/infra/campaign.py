@@ -249,6 +249,47 @@ def _normalise_jobs(jobs: list[Job]) -> dict[str, str]:
     return params_json
 
 
+def _check_runner(fn: Any, n_jobs: Any, scheduler: str | None, client: Any) -> None:
+    """Refuse an unusable job function or a contradictory choice of where to run."""
+    if not callable(fn):
+        raise BoxhackError(f"fn must be a callable params -> dict, got {type(fn).__name__}")
+    if scheduler is not None and client is not None:
+        raise BoxhackError("give either scheduler (an address) or client, not both")
+    if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs < 1):
+        raise BoxhackError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
+
+
+def _split_done(
+    job_list: list[Job], stored: dict[str, dict[str, Any]], retry_errors: bool
+) -> tuple[dict[str, dict[str, Any]], list[Job]]:
+    """The rows already stored for jobs that count as done, and the jobs still to run."""
+    rows: dict[str, dict[str, Any]] = {}
+    todo: list[Job] = []
+    for job in job_list:
+        row = stored.get(job.key)
+        if row is not None and (row.get("status") == "ok" or not retry_errors):
+            rows[job.key] = row
+        else:
+            todo.append(job)
+    return rows, todo
+
+
+def _dispatch(todo, fn, params_of, record, n_jobs, scheduler, client) -> None:
+    """Run ``todo`` on Dask, in-process (one job at a time) or on a local pool of workers."""
+    if scheduler is not None or client is not None:
+        with sigterm_raises():
+            _run_dask(todo, fn, params_of, record, scheduler, client)
+    elif (n_jobs or _default_n_jobs()) == 1:
+        for job in todo:
+            record(job, _execute(fn, params_of(job), limit_threads=False))
+    else:
+        n_workers = min(n_jobs or _default_n_jobs(), len(todo))
+        with sigterm_raises():
+            _run_pool(todo, fn, params_of, record, n_workers)
+
+
 def run_campaign(
     jobs: Iterable[Job],
     fn: JobFn,
@@ -285,14 +326,7 @@ def run_campaign(
     """
     job_list = list(jobs)
     params_json = _normalise_jobs(job_list)
-    if not callable(fn):
-        raise BoxhackError(f"fn must be a callable params -> dict, got {type(fn).__name__}")
-    if scheduler is not None and client is not None:
-        raise BoxhackError("give either scheduler (an address) or client, not both")
-    if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs < 1):
-        raise BoxhackError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
-    if scheduler is not None:
-        check_scheduler_address(scheduler)
+    _check_runner(fn, n_jobs, scheduler, client)
     out = Path(out)
 
     with _RowWriter(out) as writer:
@@ -302,15 +336,7 @@ def run_campaign(
                 f"an interrupted run; saved to {damaged_path(out)}); its job will run again",
                 stacklevel=2,
             )
-        stored = latest_by_key(read_rows(out))
-        rows: dict[str, dict[str, Any]] = {}
-        todo: list[Job] = []
-        for job in job_list:
-            row = stored.get(job.key)
-            if row is not None and (row.get("status") == "ok" or not retry_errors):
-                rows[job.key] = row
-            else:
-                todo.append(job)
+        rows, todo = _split_done(job_list, latest_by_key(read_rows(out)), retry_errors)
         _warn_changed_params(rows, params_json, out)
 
         bar = _progress_bar(len(job_list), len(job_list) - len(todo), progress, desc or out.name)
@@ -331,18 +357,8 @@ def run_campaign(
             return json.loads(params_json[job.key])  # a fresh copy: fn may mutate it
 
         try:
-            if not todo:
-                pass
-            elif scheduler is not None or client is not None:
-                with sigterm_raises():
-                    _run_dask(todo, fn, params_of, record, scheduler, client)
-            elif (n_jobs or _default_n_jobs()) == 1:
-                for job in todo:
-                    record(job, _execute(fn, params_of(job), limit_threads=False))
-            else:
-                n_workers = min(n_jobs or _default_n_jobs(), len(todo))
-                with sigterm_raises():
-                    _run_pool(todo, fn, params_of, record, n_workers)
+            if todo:
+                _dispatch(todo, fn, params_of, record, n_jobs, scheduler, client)
         finally:
             bar.close()
     return [rows[job.key] for job in job_list]

@@ -309,3 +309,36 @@ def test_hull_equals_independent_lp_with_flat_units_and_one_point_clusters(k):
         else:
             assert dist <= 10 * tau
     assert decided >= 0.8 * len(q) and 0.1 < got.mean() < 0.9
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 3, 5])
+@pytest.mark.parametrize("d", [24, 70, 130])
+def test_pattern_pigeonhole_index_equals_brute_force(monkeypatch, gamma, d):
+    """The hash-table candidate search (gamma >= 1) against the brute force, on layers of one
+    to three 64-bit words, with it forced on (every class) and with its defaults."""
+    from boxhack.monitor import pattern
+
+    rng = np.random.default_rng(d + gamma)
+    protos = rng.random((4, d)) < 0.4
+    y = rng.integers(0, 4, 300)
+    bits = protos[y] ^ (rng.random((300, d)) < min(0.06, 2.0 * gamma / d))
+    x = np.where(bits, rng.random((300, d)) + 0.1, -rng.random((300, d))).astype(F32)
+    x[:, 0] = 0.0  # a dead unit
+    q = x[rng.integers(0, 300, 400)].copy()
+    flips = rng.random(q.shape) < (gamma + 1) / d
+    q[flips] = np.where(q[flips] > 0, -0.0, np.nextafter(F32(0), F32(1)))
+    pred = np.where(rng.random(400) < 0.8, y[rng.integers(0, 300, 400)], rng.integers(0, 4, 400))
+    want = brute_pattern_accept(x, y, q, pred, gamma)
+    for forced in (True, False):
+        if forced:
+            monkeypatch.setattr(pattern, "INDEX_MIN_PATTERNS", 0)
+            monkeypatch.setattr(pattern, "INDEX_MIN_CHUNK_BITS", 1)
+        m = PatternMonitor(gamma=gamma).fit_features(x, y)
+        if forced:
+            assert m.derived_["features"]["index"] is not None
+        got = m.accepts_features(q, pred)
+        np.testing.assert_array_equal(got, want, err_msg=f"forced={forced}")
+        np.testing.assert_array_equal(m.decision_function(q, pred) >= 0, got)
+        assert m.accepts_features(x, y).all()
+        monkeypatch.undo()
+

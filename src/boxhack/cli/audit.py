@@ -100,6 +100,9 @@ def _handler(args) -> int:
             print(line)
         for name, err in summary["errors"].items():
             print(f"measure {name} failed: {err}", file=sys.stderr)
+    again = f"boxhack verify {args.out}"
+    if summary["config"].get("model_kind") == "class":  # Python code is named, never recorded
+        again += f" --model {args.model}" + (f" --weights {args.weights}" if args.weights else "")
     print(f"wrote {args.out}/report.html, {args.out}/summary.json; re-check the stored attacks "
-          f"with `boxhack verify {args.out}`", file=sys.stderr)  # fmt: skip
+          f"with `{again}`", file=sys.stderr)  # fmt: skip
     return 1 if summary["errors"] else 0

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("monitor", "attacks")
+BENCHMARKS = ("monitor", "attacks", "audit")
 
 
 def _load(name: str):

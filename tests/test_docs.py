@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _python_blocks(doc: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)
 
 
 @pytest.mark.parametrize(

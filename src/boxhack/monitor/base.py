@@ -50,7 +50,6 @@ from torch import nn
 from boxhack.errors import BoxhackError, NotFittedError
 from boxhack.models.layers import collect, get_layer, tap
 from boxhack.monitor.clustering import Clustering, cluster_class
-from boxhack.monitor.jit import HAVE_NUMBA, count_nonfinite_f32
 from boxhack.monitor.io import (
     FORMAT,
     FORMAT_VERSION,
@@ -60,6 +59,7 @@ from boxhack.monitor.io import (
     parse_header,
     write_file,
 )
+from boxhack.monitor.jit import HAVE_NUMBA, count_nonfinite_f32
 from boxhack.monitor.registry import load_monitor
 
 __all__ = [

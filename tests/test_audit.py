@@ -162,3 +162,26 @@ def test_audit_needs_a_layer(user, tmp_path):
     with pytest.raises(BoxhackError, match="give --layer"):
         audit("test_audit:UserNet", user["data"], None, tmp_path / "x", weights=user["weights"],
               settings=SMALL, progress=False)
+
+
+def test_audit_fits_any_abstraction(user, tmp_path, capsys):
+    """--abstraction: the audited monitor is a zone (or any registered abstraction); its file
+    says so and its robustness successes re-verify; gamma belongs to patterns only."""
+    out = tmp_path / "zone"
+    code = main(["audit", "--model", "test_audit:UserNet", "--weights", user["weights"],
+                 "--data", user["data"], "--layer", "fc1", "--out", str(out), "--n", "4",
+                 "--n-combined", "0", "--steps", "10", "--attacks", "fgsm",
+                 "--sweep-clusters", "1", "--sweep-tolerances", "0", "--clusters", "2",
+                 "--abstraction", "zone", "-q"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    from boxhack.monitor import load_monitor
+
+    assert load_monitor(out / "monitor.npz").abstraction == "zone"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stored_attacks"] > 0
+    assert main(["verify", str(out), "--model", "test_audit:UserNet", "--weights",
+                 user["weights"]]) == 0
+    capsys.readouterr()
+    with pytest.raises(BoxhackError, match="gamma applies to the pattern"):
+        audit("test_audit:UserNet", user["data"], "fc1", tmp_path / "g", weights=user["weights"],
+              settings=AuditSettings(n=1, n_combined=0, gamma=1), progress=False)

@@ -16,6 +16,7 @@ from boxhack.cli.common import (
     nonneg_int,
     positive_int,
 )
+from boxhack.cli.monitor import ABSTRACTIONS, abstraction_arg
 
 
 def register(sub) -> None:
@@ -51,7 +52,13 @@ def register(sub) -> None:
     p.add_argument("--max-clusters", type=positive_int, default=10,
                    help="cap of the elbow rule (default 10)")
     p.add_argument("--tolerance", type=nonneg_float, default=0.0,
-                   help="relative box tolerance of the fitted monitor (default 0)")
+                   help="relative tolerance of the fitted monitor (default 0)")
+    p.add_argument("--abstraction", type=abstraction_arg, default="box", metavar="NAME",
+                   help=f"abstraction of the fitted monitor: {', '.join(ABSTRACTIONS)} (default "
+                        f"box), or several joined by '+' (a composite); the figure-8 sweep "
+                        f"judges with boxes")
+    p.add_argument("--gamma", type=nonneg_int, default=None,
+                   help="pattern abstraction: accepted Hamming distance (default its own, 0)")
     p.add_argument("--n", type=nonneg_int, default=100,
                    help="inputs per robustness measure and per adversarial attack (default 100;"
                         " 0: skip them)")
@@ -85,6 +92,7 @@ def _handler(args) -> int:
     settings = AuditSettings(
         n=args.n, n_combined=args.n_combined, clusters=args.clusters,
         threshold=args.threshold, max_clusters=args.max_clusters, tolerance=args.tolerance,
+        abstraction=args.abstraction, gamma=args.gamma,
         steps=args.steps, seed=args.seed,
         **{k: tuple(v) for k, v in given.items() if v is not None},
     )  # fmt: skip

@@ -52,7 +52,7 @@ from boxhack.infra.campaign import Job, run_campaign
 from boxhack.infra.files import atomic_write_json
 from boxhack.infra.locks import exclusive
 from boxhack.models.layers import collect
-from boxhack.monitor import BoxMonitor
+from boxhack.monitor import BoxMonitor, abstraction_params, build_monitor
 from boxhack.monitor.evaluation import evaluate_novelty
 from boxhack.report.audit import render_audit, summarise
 from boxhack.workflow.target import Target, load_target, model_ref, start_mask
@@ -74,6 +74,8 @@ class AuditSettings:
     threshold: float = 0.07  # elbow-rule threshold (the reference code's experiments)
     max_clusters: int = 10
     tolerance: float = 0.0
+    abstraction: str = "box"  # of the fitted monitor: a registered name, or names joined by +
+    gamma: int | None = None  # Hamming distance of a pattern monitor (None: its default)
     sweep_clusters: tuple[int, ...] = (1, 2, 3)  # figure 8's judging monitors
     sweep_tolerances: tuple[float, ...] = (0.0, 0.1, 0.25)
     goals: tuple[str, ...] = ("dos", "intrude")
@@ -277,15 +279,26 @@ def _fit_monitor(target: Target, layer: list[str], s: AuditSettings, path: Path,
               f"(layer {', '.join(layer)}, "
               f"{'elbow rule' if s.clusters is None else f'{s.clusters} boxes per class'}, "
               f"tolerance {s.tolerance:g})", file=sys.stderr)  # fmt: skip
-    monitor = BoxMonitor(n_clusters=s.clusters, max_clusters=s.max_clusters,
-                         clustering_threshold=s.threshold, tolerance=s.tolerance,
-                         only_correct=True, n_classes=ds.n_classes, seed=s.seed)  # fmt: skip
+    monitor = _new_monitor(s, ds.n_classes)
     meta = {"model": target.model_name, "model_sha256": target.info.get("sha256"),
             "dataset": ds.name, "classes": list(ds.classes), "split_seed": ds.split_seed}
     monitor.fit(target.model, layer, ds.x_train, ds.y_train, batch_size=s.batch_size,
                 metadata=meta)  # fmt: skip
     monitor.save(path)
     return monitor
+
+
+def _new_monitor(s: AuditSettings, n_classes: int):
+    """The unfitted monitor of ``s.abstraction``: the paper's defaults for whatever parameters
+    the abstraction takes (clusters, elbow rule, tolerance, correctly classified inputs only)."""
+    wanted = {"n_clusters": s.clusters, "max_clusters": s.max_clusters,
+              "clustering_threshold": s.threshold, "tolerance": s.tolerance,
+              "only_correct": True, "n_classes": n_classes, "seed": s.seed, "gamma": s.gamma}
+    takes = abstraction_params(s.abstraction)
+    if s.gamma is not None and "gamma" not in takes:
+        raise BoxhackError(f"gamma applies to the pattern abstraction, not {s.abstraction!r}")
+    return build_monitor(s.abstraction, **{k: v for k, v in wanted.items()
+                                           if k in takes and (v is not None or k == "n_clusters")})
 
 
 def _monitor_description(monitor) -> dict:

@@ -25,7 +25,7 @@ def register(sub) -> None:
         help="audit a model's monitor: acceptance, novelty, attacks; writes report.html",
         description=(
             "Audit a classifier (any model kind) and its abstraction-based monitor on a data "
-            "set (any data kind). Fits a box monitor when --monitor is not given (k-means boxes "
+            "set (any data kind). Fits a monitor when --monitor is not given (--abstraction, default box: k-means boxes "
             "per class by the elbow rule or --clusters, tolerance 0, correctly classified "
             "training inputs), then measures in one resumable campaign: accuracy; acceptance "
             "of correct and incorrect predictions; novelty detection (--novel-classes or the "

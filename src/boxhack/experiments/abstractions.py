@@ -97,7 +97,7 @@ OPTIONS = (
            quick=(0.0,), item=float, minimum=0),
     Option("norms", "list", NORMS, "norms of the gradient attacks", quick=("l2",),
            choices=NORMS),
-    Option("n", int, 40, "digits per goal of the gradient attacks", quick=6, minimum=1),
+    Option("n", int, 100, "digits per goal of the gradient attacks", quick=6, minimum=1),
     *(Option(f"eps_{norm}", "list", EPS[norm], f"budgets of the gradient attacks' budget mode "
              f"in {norm.upper()}", quick=QUICK_EPS[norm], item=float, minimum=0)
       for norm in NORMS),

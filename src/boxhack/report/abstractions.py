@@ -19,6 +19,8 @@ NAMES = {"box": "box", "ball": "mean-ball", "zone": "zone", "octagon": "octagon"
          "pattern": "pattern", "hull": "convex hull", "composite": "zone+pattern"}  # fmt: skip
 MARKERS = {"box": "s", "ball": "o", "zone": "D", "octagon": "8", "pattern": "P", "hull": "h",
            "composite": "*"}  # fmt: skip
+COLORS = {"box": "C0", "ball": "C1", "zone": "C2", "octagon": "C3", "pattern": "C4",
+          "hull": "C5", "composite": "C6"}  # fmt: skip
 
 
 def _label(h: dict) -> str:
@@ -67,9 +69,10 @@ def draw(config: dict, rows: list[dict], summary: dict, exp_dir: Path) -> list[d
             v = h.get(key)
             never = budget and v is None
             y = top if never else float(v)
-            ax.scatter([h["auroc_novel"]], [y], marker="^" if never else MARKERS.get(
-                h["abstraction"], "o"), s=70, alpha=0.85 if h["tolerance"] == 0 else 0.45,
-                label=_label(h))  # fmt: skip
+            ax.scatter([h["auroc_novel"]], [y], marker=MARKERS.get(h["abstraction"], "o"),
+                       s=70, color=COLORS.get(h["abstraction"], "0.3"),
+                       alpha=0.85 if h["tolerance"] == 0 else 0.4,
+                       edgecolors="black" if never else "none", label=_label(h))  # fmt: skip
             ax.annotate(NAMES.get(h["abstraction"], h["abstraction"])
                         + ("" if h["tolerance"] == 0 else f" {h['tolerance']:g}"),
                         (h["auroc_novel"], y), textcoords="offset points", xytext=(5, 4),
@@ -93,7 +96,7 @@ def draw(config: dict, rows: list[dict], summary: dict, exp_dir: Path) -> list[d
         f"relu2, k = {config.get('n_clusters')} clusters per class. x: AUROC of the graded "
         f"score, novel digits 5-9 against correctly classified digits 0-4. y: "
         + "; ".join(t for _, t in panels) + " (the monitor-aware gradient attack, minimal "
-        "mode, 10-class network; a triangle on the dotted line: fewer than half the attacked "
+        "mode, 10-class network; a point with a black edge on the dotted line: fewer than half the attacked "
         "digits fell at any budget). Right and up is better for the defender, except the "
         "combined panel, where down is.")}]  # fmt: skip
 

@@ -636,6 +636,29 @@ def _tables(cells: dict, config: dict) -> list[dict]:
     return tables
 
 
+def _headline_table(heads: list[dict]) -> dict:
+    def budget(h: dict, goal: str, norm: str):
+        if f"{goal}_{norm}_attacked" not in h:
+            return None
+        b = h.get(f"{goal}_{norm}_budget50")
+        return f"{'inf' if b is None else f'{b:.3g}'} ({_pct(h.get(f'{goal}_{norm}_rate'))})"
+
+    return {
+        "title": "Headline: detection against robustness per abstraction (10-class network: "
+                 "correct / incorrect predictions accepted; 0-4 network: novel digits 5-9 "
+                 "rejected, AUROC; gradient attack, minimal mode: L2 budget at which half the "
+                 "attacked digits fall, inf = never, with the success rate; combined attack: "
+                 "success rate)",
+        "columns": ["abstraction", "tolerance", "correct accepted", "incorrect accepted",
+                    "novel rejected", "AUROC novel", "intrude: L2 budget 50% (success)",
+                    "DoS: L2 budget 50% (success)", "combined: success"],
+        "rows": [[h["abstraction"], h["tolerance"], _pct(h.get("correct_accepted")),
+                  _pct(h.get("incorrect_accepted")), _pct(h.get("novel_rejected")),
+                  _r(h.get("auroc_novel"), 3), budget(h, "intrude", "l2"),
+                  budget(h, "dos", "l2"), _pct(h.get("combined_rate"))] for h in heads],
+    }  # fmt: skip
+
+
 def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
     """Summary data: per measure the cells, per (abstraction, tolerance) the headline
     numbers, the tables; timing."""
@@ -648,12 +671,13 @@ def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
              "gradient": _gradient_cells(by["gradient"]), "fig8": _fig8_cells(by["fig8"]),
              "combined": _combined_cells(by["combined"])}  # fmt: skip
     errors = [r for r in rows if r.get("status") != "ok"]
+    heads = headline(cells)
     summary = {
         "name": NAME,
         "config": {k: v for k, v in config.items() if k not in ("samples", "keys")},
         "cells": cells,
-        "headline": headline(cells),
-        "tables": _tables(cells, config),
+        "headline": heads,
+        "tables": [_headline_table(heads), *_tables(cells, config)],
         "timing": {"wall_s": float(sum(r.get("wall_s") or 0 for r in rows)), "jobs": len(rows),
                    "errors": len(errors)},
     }  # fmt: skip

@@ -15,6 +15,7 @@ from boxhack.report.present import Presenter
 __all__ = ["PRESENTER", "answers", "describe", "draw"]
 
 TIE = 0.005  # AUROCs and rates closer than this are a tie
+USABLE = 0.5  # a monitor that warns on more than half the correct predictions is named apart
 NAMES = {"box": "box", "ball": "mean-ball", "zone": "zone", "octagon": "octagon",
          "pattern": "pattern", "hull": "convex hull", "composite": "zone+pattern"}  # fmt: skip
 MARKERS = {"box": "s", "ball": "o", "zone": "D", "octagon": "8", "pattern": "P", "hull": "h",
@@ -158,6 +159,13 @@ def answers(summary: dict) -> list[str]:
                 f"Tolerance {tol:g}, hardest to fool by {words}, L2 budget at which the gradient "
                 f"attack fools half the attacked digits: {_names(who)} ({_fmt_budget(best)}). "
                 f"All: " + "; ".join(f"{n} {_fmt_budget(v)}" for n, v in ranked) + ".")
+            usable = {name[id(h)] for h in hs if (h.get("correct_accepted") or 0) >= USABLE}
+            kept = [(n, v) for n, v in vals if n in usable]
+            if kept and len(kept) < len(vals):
+                best, who = _best(kept, tie=1e-9)
+                out.append(f"Among the monitors that accept at least {USABLE:.0%} of the correct "
+                           f"predictions ({', '.join(n for n, _ in kept)}): {_names(who)} "
+                           f"({_fmt_budget(best)}).")  # fmt: skip
         comb = [(name[id(h)], h["combined_rate"]) for h in hs if h.get("combined_rate") is not None]
         if comb:
             low, who = _best(comb, higher=False)

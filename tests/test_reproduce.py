@@ -362,7 +362,8 @@ def test_the_registry_is_the_one_list_of_experiments() -> None:
     from boxhack.report.present import Presenter
     from boxhack.workflow import registry
 
-    assert registry.names() == ("novelty", "solvers", "adversarial", "combined", "gradient")
+    assert registry.names() == ("novelty", "solvers", "adversarial", "combined", "gradient",
+                                "abstractions")
     for name in ("novelty", "solvers"):
         reg = registry.load(name)
         assert isinstance(reg.experiment, Experiment) and reg.experiment.name == name

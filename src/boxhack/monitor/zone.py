@@ -40,6 +40,7 @@ from boxhack.monitor.base import (
     array_problem,
     cast_keep_sign,
     check_param,
+    fix_margin_sign,
     is_int,
     round_down_f32,
     round_up_f32,
@@ -155,13 +156,46 @@ def _accept_row(x, r, c, start, count, blo, bhi, dbm, smat, sign, use_sum,
     return False
 
 
+# The pre-activation rule for pair constraints (``pre``: z holds a ReLU's pre-activations and
+# v = relu(z) = u). A constraint on v is rewritten on one unit's pre-activation, so that its
+# slack keeps a gradient where that unit is off (as the box's upper side ``hi - z``), with the
+# sign unchanged: ``relu(z) <= c`` iff ``c >= 0 and z <= c``; ``relu(z) >= c`` iff ``c <= 0 or
+# z >= c``. On relu(z) alone, two units off in the whole cluster make the pair interval
+# [0, 0] with slack 0 and no gradient: the margin of every point there is 0 and flat.
+# (The torch twins in ``_PairMonitor._margin_layer`` make the same float64 operations.)
+@njit()
+def _pre_upper(c, z, u):  # pragma: no cover - compiled
+    """Slack of ``relu(z) <= c`` (u = relu(z)): ``c - z`` if ``c >= 0``, else ``c - u`` (< 0)."""
+    return c - z if c >= 0 else c - u
+
+
+@njit()
+def _pre_lower(c, z, u):  # pragma: no cover - compiled
+    """Slack of ``relu(z) >= c``: ``z - c`` if ``c > 0``, else ``u - c`` (>= 0)."""
+    return z - c if c > 0 else u - c
+
+
+@njit()
+def _pre_sum_hi(zi, ui, zj, uj, hi):  # pragma: no cover - compiled
+    """``u_i + u_j <= hi`` on either unit's pre-activation (the smaller slack)."""
+    return min(_pre_upper(hi - uj, zi, ui), _pre_upper(hi - ui, zj, uj)) / SQRT2
+
+
+@njit()
+def _pre_sum_lo(zi, ui, zj, uj, lo):  # pragma: no cover - compiled
+    """``u_i + u_j >= lo``: never violated when ``lo <= 0`` (inf), else on either unit."""
+    if lo <= 0:
+        return np.inf
+    return min(_pre_lower(lo - uj, zi, ui), _pre_lower(lo - ui, zj, uj)) / SQRT2
+
+
 @kernel
 def _slack(z, pred, start, count, blo, bhi, dbm, smat, sign, use_sum, pre,
            val, arg):  # pragma: no cover - compiled
     """val[r] = max over class pred[r]'s clusters of the smallest normalised slack (distance to
     the constraint's hyperplane, > 0 inside); arg[r] = (cluster, kind, i, j) of the active
-    constraint. ``pre``: z holds ReLU pre-activations (box sides by the pre-activation rule,
-    pairs on relu(z))."""
+    constraint. ``pre``: z holds ReLU pre-activations (box sides and pairs by the
+    pre-activation rule, see ``_pre_upper``)."""
     n, d = z.shape
     for r in prange(n):
         c = pred[r]
@@ -192,22 +226,35 @@ def _slack(z, pred, start, count, blo, bhi, dbm, smat, sign, use_sum, pre,
                     m, mk, mi = s_hi, k_hi, i
             if m > best:
                 for i in range(d - 1):
-                    ui = max(z[r, i], 0.0) if pre else z[r, i]
+                    zi = z[r, i]
+                    ui = max(zi, 0.0) if pre else zi
                     for j in range(i + 1, d):
-                        uj = max(z[r, j], 0.0) if pre else z[r, j]
-                        t = ui - uj
-                        s = (t - (-dbm[b, j, i])) / SQRT2
+                        zj = z[r, j]
+                        if pre:
+                            uj = max(zj, 0.0)
+                            s = _pre_upper(ui - (-dbm[b, j, i]), zj, uj) / SQRT2
+                        else:
+                            uj = zj
+                            s = (ui - uj - (-dbm[b, j, i])) / SQRT2
                         if s < m:
                             m, mk, mi, mj = s, K_DIFF_LO, i, j
-                        s = (dbm[b, i, j] - t) / SQRT2
+                        if pre:
+                            s = _pre_upper(dbm[b, i, j] + uj, zi, ui) / SQRT2
+                        else:
+                            s = (dbm[b, i, j] - (ui - uj)) / SQRT2
                         if s < m:
                             m, mk, mi, mj = s, K_DIFF_HI, i, j
                         if use_sum:
-                            t = ui + uj
-                            s = (t - (-smat[b, j, i])) / SQRT2
+                            if pre:
+                                s = _pre_sum_lo(zi, ui, zj, uj, -smat[b, j, i])
+                            else:
+                                s = (ui + uj - (-smat[b, j, i])) / SQRT2
                             if s < m:
                                 m, mk, mi, mj = s, K_SUM_LO, i, j
-                            s = (smat[b, i, j] - t) / SQRT2
+                            if pre:
+                                s = _pre_sum_hi(zi, ui, zj, uj, smat[b, i, j])
+                            else:
+                                s = (smat[b, i, j] - (ui + uj)) / SQRT2
                             if s < m:
                                 m, mk, mi, mj = s, K_SUM_HI, i, j
                     if m <= best:
@@ -255,6 +302,16 @@ def _novelty(x, pred, start, count, blo, bhi, dbm, smat, sign, use_sum, radius,
             if acc < cap:
                 best = min(best, math.sqrt(acc) / radius[b])
         out[r] = best
+
+
+def _t_upper(c: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Torch twin of ``_pre_upper``."""
+    return torch.where(c >= 0, c - z, c - u)
+
+
+def _t_lower(c: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Torch twin of ``_pre_lower``."""
+    return torch.where(c > 0, z - c, u - c)
 
 
 # ----------------------------------------------------------------------------- monitors
@@ -406,15 +463,36 @@ class _PairMonitor(ClusteredMonitor):
         m = torch.where(kind == K_BOX_LO, zi - T["box_lo"][b, i], T["box_hi"][b, i] - zi)
         m = torch.where(kind == K_BOX_HI_RELU, T["box_hi"][b, i] - torch.relu(zi), m)
         if self.dims_[layer] > 1:  # the same float64 operations as the kernel: equal values
-            t = ui - uj
-            m = torch.where(kind == K_DIFF_LO, (t - (-T["dbm"][b, j, i])) / SQRT2, m)
-            m = torch.where(kind == K_DIFF_HI, (T["dbm"][b, i, j] - t) / SQRT2, m)
-            if self.families == 2:
-                t = ui + uj
-                m = torch.where(kind == K_SUM_LO, (t - (-T["smat"][b, j, i])) / SQRT2, m)
-                m = torch.where(kind == K_SUM_HI, (T["smat"][b, i, j] - t) / SQRT2, m)
+            m = self._pair_margin(T, kind, b, i, j, zi, zj, ui, uj, preactivation, m)
         m = torch.where(has, m, torch.full_like(m, -math.inf))
+        if preactivation:  # the sign is the decision on relu(z) (rounding of the rewrite)
+            acc = self._slack_np(layer, torch.relu(z64).detach().cpu().numpy(), pred, False)[0] >= 0
+            m = fix_margin_sign(m, torch.from_numpy(acc))
         return cast_keep_sign(m, z.dtype)
+
+    def _pair_margin(self, T, kind, b, i, j, zi, zj, ui, uj, pre: bool, m):
+        """The active pair constraint's slack (torch twin of the kernel ``_slack``)."""
+        lo_d, hi_d = -T["dbm"][b, j, i], T["dbm"][b, i, j]
+        if pre:
+            m = torch.where(kind == K_DIFF_LO, _t_upper(ui - lo_d, zj, uj) / SQRT2, m)
+            m = torch.where(kind == K_DIFF_HI, _t_upper(hi_d + uj, zi, ui) / SQRT2, m)
+        else:
+            t = ui - uj
+            m = torch.where(kind == K_DIFF_LO, (t - lo_d) / SQRT2, m)
+            m = torch.where(kind == K_DIFF_HI, (hi_d - t) / SQRT2, m)
+        if self.families == 2:
+            lo_s, hi_s = -T["smat"][b, j, i], T["smat"][b, i, j]
+            if pre:
+                lower = torch.minimum(_t_lower(lo_s - uj, zi, ui), _t_lower(lo_s - ui, zj, uj))
+                lower = torch.where(lo_s <= 0, torch.full_like(lower, math.inf), lower)
+                upper = torch.minimum(_t_upper(hi_s - uj, zi, ui), _t_upper(hi_s - ui, zj, uj))
+                m = torch.where(kind == K_SUM_LO, lower / SQRT2, m)
+                m = torch.where(kind == K_SUM_HI, upper / SQRT2, m)
+            else:
+                t = ui + uj
+                m = torch.where(kind == K_SUM_LO, (t - lo_s) / SQRT2, m)
+                m = torch.where(kind == K_SUM_HI, (hi_s - t) / SQRT2, m)
+        return m
 
     # ------------------------------------------------------------------ files
     def _check_layer_state(self, layer: str, state: Mapping[str, np.ndarray], d: int,

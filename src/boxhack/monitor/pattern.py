@@ -15,9 +15,15 @@ pattern; ``decision_function``: ``gamma - h``. Margin (for the attacks): for a s
 p, let ``s_i = z_i`` where ``p_i = 1`` and ``-z_i`` where ``p_i = 0`` (positive: unit i agrees
 with p); the (gamma+1)-th smallest ``s_i`` is ``>= 0`` iff at most gamma units disagree, and
 its absolute value is the L-inf distance (in the layer's units, pre-activations for ReLU
-layers) to leaving (inside) or entering (outside) p's Hamming ball. The margin is the largest
-of these over the class's patterns (found exactly by a compiled, pruned search), sign made
-equal to the decision (a unit at exactly 0 is "off").
+layers) to entering p's Hamming ball. A rejected row's margin is the largest of these over
+the class's patterns (found exactly by a compiled, pruned search). An accepted row's margin
+is the distance to *leaving every* ball, not only p's: leaving p's ball often enters a
+neighbour's (stored patterns of a class differ in few bits), and a margin that only knew p
+sent the attacks back and forth across that bit. It is ``||z_F||_2`` for the cheapest set F of
+units whose flip leaves every ball of the class, searched over every subset of the
+``EXIT_UNITS`` units nearest to flipping and every single unit, each candidate checked by the
+exact decision kernel (the previous rule when none leaves). Signs are made equal to the
+decision (a unit at exactly 0 is "off").
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ from boxhack.monitor.registry import register
 __all__ = ["PatternMonitor", "pack_patterns"]
 
 _NONE = np.int64(1 << 40)  # "no pattern" Hamming distance
+#: the margin of an accepted row searches every subset of this many units nearest to
+#: flipping (2^k - 1 candidate patterns per row, plus one per other unit)
+EXIT_UNITS = 8
 
 
 def pack_patterns(x: np.ndarray) -> np.ndarray:
@@ -346,14 +355,51 @@ class PatternMonitor(Monitor):
         return der["start"], der["count"], self.state_[layer]["patterns"]
 
     def _accept_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
-        out = np.empty(len(x), dtype=np.bool_)
+        return self._accept_packed(layer, pack_patterns(x), pred)
+
+    def _accept_packed(self, layer: str, q: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """bool (N,): packed patterns ``q`` within the Hamming radius of their class's."""
+        out = np.empty(len(q), dtype=np.bool_)
         der = self.derived_[layer]
         if der["index"] is not None:
             ix = der["index"]
-            _accept_indexed(len(x), pack_patterns(x), pred, *self._args(layer), der["gamma"],
+            _accept_indexed(len(q), q, pred, *self._args(layer), der["gamma"],
                             ix["masks"], ix["table"], ix["nbits"], ix["ptr"], ix["ids"], out)
         else:
-            _accept(len(x), pack_patterns(x), pred, *self._args(layer), der["gamma"], out)
+            _accept(len(q), q, pred, *self._args(layer), der["gamma"], out)
+        return out
+
+    def _exits(self, layer: str, z: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """bool (N, d): for each (accepted) row, a set F of units whose flip leaves every
+        stored pattern's Hamming ball, with the smallest ``||z_F||_2`` among the candidates:
+        every non-empty subset of the ``EXIT_UNITS`` units nearest to flipping (smallest
+        ``|z_i|``) and every single unit. All False where no candidate leaves."""
+        n, d = z.shape
+        out = np.zeros((n, d), dtype=bool)
+        if n == 0:
+            return out
+        k = min(d, EXIT_UNITS)
+        order = np.argsort(np.abs(z), axis=1, kind="stable")
+        subsets = (np.arange(1, 1 << k)[:, None] >> np.arange(k)) & 1  # (S, k)
+        flips = np.zeros((len(subsets) + d - k, d), dtype=bool)  # in sorted-unit positions
+        flips[:len(subsets), :k] = subsets
+        flips[len(subsets):, k:] = np.eye(d - k, dtype=bool)
+        n_c = len(flips)
+        rows = np.arange(n)
+        sq = np.take_along_axis(z, order, 1) ** 2
+        on = z > 0
+        chunk = max(1, (1 << 22) // (n_c * d))
+        for r0 in range(0, n, chunk):
+            r = rows[r0:r0 + chunk]
+            flip = np.zeros((len(r), n_c, d), dtype=bool)  # in unit positions
+            np.put_along_axis(flip, np.broadcast_to(order[r, None, :], flip.shape), flips[None],
+                              axis=2)
+            cand = (on[r, None, :] ^ flip).reshape(-1, d)
+            inside = self._accept_packed(layer, pack_patterns(cand), np.repeat(pred[r], n_c))
+            cost = np.where(inside.reshape(len(r), n_c), np.inf, sq[r] @ flips.T.astype(float))
+            best = cost.argmin(1)
+            found = np.isfinite(cost[np.arange(len(r)), best])
+            out[r[found]] = flip[np.flatnonzero(found), best[found]]
         return out
 
     def nearest(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -395,6 +441,14 @@ class PatternMonitor(Monitor):
         s = z64 * sign
         m = torch.kthvalue(s, gamma + 1, dim=1).values
         m = torch.where(torch.from_numpy(has).to(z.device), m, torch.full_like(m, -math.inf))
+        inner = np.flatnonzero(accepted & has)
+        if len(inner):  # accepted: the distance to a flip that leaves every ball
+            flip = np.zeros((n, d), dtype=bool)
+            flip[inner] = self._exits(layer, zn[inner], pred[inner])
+            found = torch.from_numpy(flip.any(1)).to(z.device)
+            fm = torch.from_numpy(flip).to(z.device)
+            dist = torch.linalg.vector_norm(torch.where(fm, z64, torch.zeros_like(z64)), dim=1)
+            m = torch.where(found, dist, m)
         m = fix_margin_sign(m, torch.from_numpy(accepted))
         return cast_keep_sign(m, z.dtype)
 

@@ -25,10 +25,11 @@ from boxhack.monitor import BoxMonitor, MeanBallMonitor, PatternMonitor, ZoneMon
 
 SHAPE = (1, 6, 6)
 MONITORS = ["ball", "zone", "pattern", "box"]
-# successes the minimal-norm gradient attack must find of 10 inputs (measured: 5, 10, 3, 10 for
-# "dos"; all 10 for "intrude"). A mean-ball holds most of its class's region, and leaving every
-# stored activation pattern of a class by more than gamma bits is a hard combinatorial goal.
-MIN_DOS = {"ball": 3, "zone": 8, "pattern": 1, "box": 8}
+# successes the minimal-norm gradient attack must find of 10 inputs (measured: 5, 10, 9, 10 for
+# "dos"; all 10 for "intrude"). A mean-ball holds most of its class's region. A pattern's DoS
+# must leave every stored pattern of the class (3 of 10 while the margin of an accepted row
+# only measured leaving its own pattern's ball).
+MIN_DOS = {"ball": 3, "zone": 8, "pattern": 7, "box": 8}
 BUDGET = {"l2": 1.0, "linf": 0.15}
 
 

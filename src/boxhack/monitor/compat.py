@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError, NotFittedError
-from boxhack.models.layers import collect
+from boxhack.models.layers import collect, layer_names
 from boxhack.models.zoo import NETWORKS
 from boxhack.monitor.base import MonitorLike, state_sha256
 
@@ -116,11 +116,11 @@ def _hash_mismatch(monitor: MonitorLike, model: nn.Module, info: Mapping[str, An
 
 
 def _missing_layers(monitor: MonitorLike, model: nn.Module) -> str | None:
-    modules = dict(model.named_modules())
-    missing = [layer for layer in monitor.layers_ if layer not in modules or not layer]
+    names = layer_names(model)
+    known = set(names)
+    missing = [layer for layer in monitor.layers_ if layer not in known or not layer]
     if not missing:
         return None
-    names = [n for n in modules if n]
     return (f"it watches layer(s) {', '.join(map(repr, missing))}, which the model lacks "
             f"(its layers: {', '.join(names) or '(none)'})")
 

@@ -173,11 +173,12 @@ def _load_class(text: str, weights, model_args) -> tuple[nn.Module, dict]:
         raise BoxhackError(
             f"cannot build {text} {how} ({type(exc).__name__}: {_first_line(exc)}); give the "
             f"constructor's keyword arguments with --model-args JSON") from None
+    weights = Path(weights)
+    state = _read_weights(weights)  # first: a file that is not a plain state dict is refused
     if not any(True for _ in model.parameters()):
         raise BoxhackError(f"{text}() has no parameters, so it is not a trained classifier; "
                            f"give the class of your classifier network")
-    weights = Path(weights)
-    _apply_state(model, _read_weights(weights), str(weights))
+    _apply_state(model, state, str(weights))
     parts = {"weights": sha256_file(weights), "args": hashlib.sha256(
         json.dumps(kwargs, sort_keys=True, default=str).encode()).hexdigest()}
     files = {"weights": str(weights)}
@@ -327,7 +328,8 @@ def load_any_model(spec: str | Path, weights: str | Path | None = None, *,
     if kind is None:
         raise BoxhackError(f"model {text!r} not found: give " + "; ".join(MODEL_FORMATS.values()))
     if kind != "class" and weights is not None:
-        raise BoxhackError(f"--weights is for the ClassName form; {text} holds its own weights")
+        raise BoxhackError(f"--weights is for the package.module:ClassName (or file.py:ClassName) "
+                           f"form; {text} holds its own weights")
     if kind != "class" and model_args not in (None, "", {}):
         raise BoxhackError(f"--model-args is for the ClassName form; {text} is built already")
     if kind == "boxhack":

@@ -7,8 +7,9 @@ import torch
 from boxhack.data import load_dataset
 from boxhack.errors import BoxhackError
 from boxhack.models import build_model, collect, forward_with_layers, get_layer, list_layers
-from boxhack.models.io import load_any_model, load_model, save_model
+from boxhack.models.io import load_model, save_model
 from boxhack.models.layers import is_relu_layer
+from boxhack.models.loaders import load_any_model
 from boxhack.models.train import train_model
 
 

@@ -7,7 +7,7 @@ existing one is removed before the new weights take its place), so a directory h
 ``model.json`` holds a whole model: a kill or a full disk mid-save leaves the old model, or no
 ``model.json`` at all, never a truncated file that ``load_model`` would trust.
 
-``load_any_model`` also takes a user's own network (:mod:`boxhack.models.loaders`).
+A user's own network, of any kind, loads with :func:`boxhack.models.loaders.load_any_model`.
 """
 
 from __future__ import annotations
@@ -155,12 +155,3 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     _apply_state(model, _load_state_dict(weights_path), str(weights_path))
     model.eval()
     return model, info
-
-
-def load_any_model(spec: str | Path, weights: str | Path | None = None,
-                   **options) -> tuple[nn.Module, dict]:
-    """Any model (a boxhack directory, ``path/net.py:Class`` or ``pkg.mod:Class`` with
-    weights, TorchScript, ``.pt2``, ONNX): see :func:`boxhack.models.loaders.load_any_model`."""
-    from boxhack.models.loaders import load_any_model as load  # loaders builds on this module
-
-    return load(spec, weights, **options)

@@ -69,7 +69,7 @@ def check_compatible(
 ) -> None:
     """Raise :class:`BoxhackError` unless ``monitor`` was fitted on ``model`` (see module doc).
 
-    ``model_info`` is the model's description (``load_any_model``'s second value: its
+    ``model_info`` is the model's description (:func:`~boxhack.models.loaders.load_any_model`'s second value: its
     ``sha256``, ``n_classes``, ``input_shape``); ``example`` an input batch used to measure
     the layer widths (default: zeros of the recorded input shape). The names are only for the
     message. Works for every abstraction: it uses only the protocol (:class:`MonitorLike`).

@@ -96,7 +96,7 @@ class TargetSpec:
 @dataclass(frozen=True)
 class ModelKind:
     """One way to give a model: ``matches(spec)`` recognises it, ``load(spec)`` returns
-    ``(model, info)`` (``info`` as :func:`boxhack.models.io.load_any_model` returns it)."""
+    ``(model, info)`` (``info`` as :func:`boxhack.models.loaders.load_any_model` returns it)."""
 
     name: str
     describe: str

@@ -582,10 +582,12 @@ class Monitor:
         pred, feats = collect(model, names, inputs, batch_size=batch_size)
         meta = dict(metadata or {})
         meta.setdefault("model_state_sha256", state_sha256(model))
+        self.fit_features(feats, labels_np, pred, metadata=meta, model_sha256=model_sha256)
         if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim > 1:
-            meta.setdefault("input_shape", [int(s) for s in inputs.shape[1:]])
-        return self.fit_features(feats, labels_np, pred, metadata=meta,
-                                 model_sha256=model_sha256)
+            # in memory only (files stay byte-identical): one sample of this shape given to
+            # predict is a batch of one
+            self.fit_input_shape_ = tuple(int(s) for s in inputs.shape[1:])
+        return self
 
     @staticmethod
     def _layer_names(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
@@ -741,7 +743,7 @@ class Monitor:
     def _collect(self, model: nn.Module, inputs: Any, batch_size: int):
         self._check_fitted()
         names = self._layer_names(model, self.layers_)
-        shape = (self.metadata_ or {}).get("input_shape")
+        shape = getattr(self, "fit_input_shape_", None)
         if shape and isinstance(inputs, (np.ndarray, torch.Tensor)) \
                 and tuple(inputs.shape) == tuple(shape):
             inputs = inputs[None]  # one unbatched sample of the shape the monitor was fitted on

@@ -43,6 +43,7 @@ from boxhack.attacks.records import attack_record, file_ref, save_attack
 from boxhack.data import DATASETS, Dataset, load_dataset, parse_classes
 from boxhack.data.sampling import sample_balanced
 from boxhack.errors import BoxhackError
+from boxhack.models.domain import InputDomain
 from boxhack.models.io import META, WEIGHTS
 from boxhack.models.loaders import MODEL_FORMATS, load_any_model, model_kind
 from boxhack.models.zoo import NETWORKS
@@ -315,6 +316,8 @@ def load_target(model: str | TargetSpec, *, need_data: bool = True, **options: A
     net, info, kind = _load_model(spec)
     monitor = None if spec.monitor is None else load_monitor(spec.monitor)
     dataset = _load_dataset(spec, _recorded(info, monitor), need_data)
+    if isinstance(net, InputDomain) and net.input_shape is None and dataset is not None:
+        net.input_shape = tuple(dataset.input_shape)  # one unbatched sample: a batch of one
     target = Target(spec, net, info, kind, monitor, dataset)
     target.novel = None if dataset is None else _load_novel(spec, dataset)
     check_target(target)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("monitor", "attacks")
+BENCHMARKS = ("monitor", "attacks", "audit")
 
 
 def _load(name: str):
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         try:
             _load(name).main(out)
-        except Exception as exc:  # keep the other benchmarks' results
+        except Exception as exc:  # noqa: BLE001 - keep the other benchmarks' results
             failed.append(name)
             print(f"[bench] {name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         print(f"[bench] {name} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)

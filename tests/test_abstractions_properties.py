@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from boxhack.monitor import (
+    BoxMonitor,
+    CompositeMonitor,
     ConvexHullMonitor,
     MeanBallMonitor,
     OctagonMonitor,
@@ -25,6 +27,10 @@ FAST = {
     "octagon": lambda k: OctagonMonitor(n_clusters=k, max_clusters=4, n_init=1),
     "ball": lambda k: MeanBallMonitor(n_clusters=k, max_clusters=4, n_init=1),
     "pattern": lambda k: PatternMonitor(gamma=(k or 0) % 2),
+    "box": lambda k: BoxMonitor(n_clusters=k, max_clusters=4, n_init=1),
+    "composite": lambda k: CompositeMonitor([
+        BoxMonitor(n_clusters=k, max_clusters=4, n_init=1), PatternMonitor(gamma=1),
+        MeanBallMonitor(n_clusters=k, max_clusters=4, n_init=1)]),
 }
 
 

@@ -465,9 +465,12 @@ def test_a_user_model_is_attacked_with_data(xor_setup, scripted_xor, tmp_path, c
     assert json.loads(capsys.readouterr().out) | {"wall_s": 0, "samples_per_s": 0} == \
         named | {"wall_s": 0, "samples_per_s": 0}
     assert named["n"] == 4
-    assert main([*argv, "--data", "xor", "--save", str(tmp_path / "s.npz")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "not a boxhack model directory" in err and len(err.splitlines()) == 1
+    # --save works for a model that is not a boxhack directory (issue 12): the record names
+    # the TorchScript file and its state hash, and `boxhack verify` loads it again
+    assert main([*argv, "--data", "xor", "--save", str(tmp_path / "s.npz")]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "s.npz")]) == 0
+    assert "hold" in capsys.readouterr().out
     assert main(["monitor", "evaluate", "--model", str(scripted_xor), "--monitor",
                  str(monitor), "--json"]) == 0  # the data set the monitor recorded
     assert json.loads(capsys.readouterr().out)["dataset"] == "xor"

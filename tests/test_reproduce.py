@@ -362,7 +362,8 @@ def test_the_registry_is_the_one_list_of_experiments() -> None:
     from boxhack.report.present import Presenter
     from boxhack.workflow import registry
 
-    assert registry.names() == ("novelty", "solvers", "adversarial", "combined", "gradient")
+    assert registry.names() == ("novelty", "solvers", "adversarial", "combined", "gradient",
+                                "abstractions")
     for name in ("novelty", "solvers"):
         reg = registry.load(name)
         assert isinstance(reg.experiment, Experiment) and reg.experiment.name == name
@@ -434,3 +435,23 @@ def test_an_experiment_that_cannot_be_loaded_keeps_its_command(monkeypatch, caps
     with pytest.raises(SystemExit):
         main(["experiment", "--help"])
     assert "missing" in capsys.readouterr().out  # listed, with why it cannot run
+
+
+def test_a_configuration_without_job_keys_summarises_every_row(tmp_path: Path) -> None:
+    """Runs written before configurations listed their jobs still re-summarise: every key's newest
+    row, in file order; a configuration that is not a JSON object is a clear error."""
+    from boxhack.experiments.spec import Experiment, RunContext, load_config_and_rows
+
+    exp = Experiment(name="old", title="t", description="d", options=(), configure=dict,
+                     plan=None, job=None, summarise=None)  # fmt: skip
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"n": 3}))
+    rows = [{"key": k, "params": {}, "status": "ok", "v": v} for k, v in [("a", 1), ("b", 2), ("a", 3)]]
+    (d / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config, got = load_config_and_rows(exp, RunContext.of(tmp_path))
+    assert config["n"] == 3 and config["keys"] == ["a", "b"]
+    assert [r["v"] for r in got] == [3, 2]
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(BoxhackError, match="not a JSON object"):
+        load_config_and_rows(exp, RunContext.of(tmp_path))

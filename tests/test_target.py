@@ -82,7 +82,9 @@ def test_target_errors_are_one_clear_line(xor, tmp_path):
 
 def test_load_data_names_the_kinds():
     assert load_data("xor").n_classes == 2
-    with pytest.raises(BoxhackError, match="built-in data set"):
+    with pytest.raises(BoxhackError, match="built-in data set.*an .npz file.*IDX.*image folder"):
+        load_data("nope")
+    with pytest.raises(BoxhackError, match="data file nope.npz not found"):
         load_data("nope.npz")
 
 

@@ -14,6 +14,7 @@ import warnings
 from boxhack import __version__
 from boxhack.cli import (
     attack,
+    audit,
     data,
     experiment,
     monitor,
@@ -25,7 +26,7 @@ from boxhack.cli import (
 from boxhack.errors import BoxhackError
 
 #: the command groups, in the order of --help
-COMMANDS = (data, train, monitor, attack, experiment, reproduce, report, verify)
+COMMANDS = (data, train, monitor, attack, audit, experiment, reproduce, report, verify)
 
 
 class BoxhackParser(argparse.ArgumentParser):

@@ -19,6 +19,7 @@ from boxhack.cli.common import (
     load_target_args,
     nonneg_float,
     nonneg_int,
+    positive_float,
     positive_int,
     print_table,
     write_json,
@@ -37,13 +38,44 @@ def _add_batch_arg(p) -> None:
 
 
 # ------------------------------------------------------------------ monitor fit
+#: the abstractions ``--abstraction`` offers (boxhack.monitor.registry.MONITORS less
+#: "composite", which is spelt as members joined by "+"; a test keeps the two equal). Kept
+#: here, not imported, so that ``boxhack --help`` stays torch-free.
+ABSTRACTIONS = ("box", "ball", "zone", "octagon", "pattern", "hull")
+
+#: the abstraction-specific options: dest -> the monitor parameter they set (passed only when
+#: given, so each abstraction keeps its library default)
+SPECIFIC = {"clusters": "n_clusters", "threshold": "clustering_threshold",
+            "max_clusters": "max_clusters", "seed": "seed", "gamma": "gamma",
+            "lp_tolerance": "lp_tolerance", "max_memory": "max_memory"}  # fmt: skip
+
+
+def abstraction_arg(text: str) -> str:
+    """argparse type: an abstraction name, or several joined by '+' (a composite)."""
+    parts = [p.strip() for p in str(text).split("+")]
+    bad = [p for p in parts if p not in ABSTRACTIONS]
+    if bad or len(set(parts)) != len(parts):
+        why = (f"unknown {', '.join(map(repr, bad))}" if bad else "a member named twice")
+        raise argparse.ArgumentTypeError(
+            f"{why}: choose one of {', '.join(ABSTRACTIONS)}, or several joined by '+' "
+            f"(a composite accepting only what all accept, e.g. box+pattern)")
+    return "+".join(parts)
+
+
+def mebibytes(text: str) -> int:
+    """argparse type: a size in MiB (> 0) -> bytes."""
+    return max(1, int(positive_float(text) * 2**20))
+
+
 def _register_fit(msub) -> None:
     fit = msub.add_parser(
         "fit",
         help="fit a monitor on the model's training split",
         description=(
-            "Fit a box monitor on the correctly classified training inputs of the model's "
-            "data set and save it as one .npz file."
+            "Fit a monitor (a box abstraction unless --abstraction names another) on the "
+            "correctly classified training inputs of the model's data set and save it as one "
+            ".npz file (any abstraction's file is read by `boxhack monitor info|evaluate` and "
+            "boxhack.monitor.load_monitor)."
         ),
     )
     add_target_args(fit, monitor=False)
@@ -51,25 +83,66 @@ def _register_fit(msub) -> None:
                      metavar="NAME[,NAME...]",
                      help="layers to monitor (module paths, comma-separated or repeated; "
                           "default: the model's default layer)")
+    fit.add_argument("--abstraction", type=abstraction_arg, default="box", metavar="NAME",
+                     help=f"the abstraction: {', '.join(ABSTRACTIONS)} (default box), or "
+                          f"several joined by '+' for a composite that accepts only what every "
+                          f"member accepts, e.g. box+pattern (put hull last); see "
+                          f"docs/abstractions.md")
     k = fit.add_mutually_exclusive_group()
     k.add_argument("--clusters", type=positive_int, default=None,
-                   help="fixed number of boxes per class")
+                   help="box, ball, zone, octagon, hull: fixed number of sets (clusters) per "
+                        "class (default: the elbow rule)")
     k.add_argument("--threshold", type=fraction, default=None,
-                   help="elbow-rule threshold on the relative inertia drop (default 0.07)")
-    fit.add_argument("--max-clusters", type=positive_int, default=10,
-                     help="cap of the elbow rule (default 10)")
+                   help="box, ball, zone, octagon, hull: elbow-rule threshold on the relative "
+                        "inertia drop (default 0.07)")
+    fit.add_argument("--max-clusters", type=positive_int, default=None,
+                     help="box, ball, zone, octagon, hull: cap of the elbow rule (default 10)")
+    fit.add_argument("--seed", type=nonneg_int, default=None,
+                     help="box, ball, zone, octagon, hull: k-means seed (default 0)")
+    fit.add_argument("--gamma", type=nonneg_int, default=None,
+                     help="pattern: Hamming radius, accepted if the on/off pattern is within "
+                          "gamma flips of a pattern seen in training (default 0)")
+    fit.add_argument("--max-memory", type=mebibytes, default=None, metavar="MIB",
+                     help="zone, octagon: refuse layers whose pair bounds need more than MIB "
+                          "MiB (default 1024)")
+    fit.add_argument("--lp-tolerance", type=positive_float, default=None, metavar="TAU",
+                     help="hull: LP acceptance tolerance in the hull's scaled units, "
+                          "1e-12..1e-2 (default 1e-6)")
     fit.add_argument("--tolerance", type=nonneg_float, default=0.0,
-                     help="box widening epsilon (default 0)")
+                     help="widening epsilon of every abstraction (default 0; pattern: extra "
+                          "Hamming flips, a fraction of the width when relative)")
     fit.add_argument("--absolute", action="store_true",
                      help="absolute tolerance: each side grows by epsilon (default: relative, "
-                          "each side grows by epsilon/2 of the box width)")
+                          "each side grows by epsilon/2 of the interval's width)")
     fit.add_argument("--all-training", action="store_true",
                      help="use misclassified training inputs too (default: correct ones only)")
-    fit.add_argument("--seed", type=nonneg_int, default=0, help="k-means seed")
     _add_batch_arg(fit)
     fit.add_argument("--out", default=None,
                      help="output .npz (default: MODEL_DIR/monitor.npz for a model directory)")
     fit.set_defaults(handler=_fit)
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def build_from_args(args, n_classes: int):
+    """The unfitted monitor that ``--abstraction`` and its options name (library:
+    :func:`boxhack.monitor.build_monitor`); an option the abstraction does not take is an
+    error naming the options it does."""
+    from boxhack.monitor import abstraction_params, build_monitor
+
+    name = args.abstraction
+    known = abstraction_params(name)
+    given = {dest: getattr(args, dest) for dest in SPECIFIC if getattr(args, dest, None) is not None}
+    wrong = [dest for dest in given if SPECIFIC[dest] not in known]
+    if wrong:
+        takes = [_option(d) for d, p in SPECIFIC.items() if p in known]
+        raise BoxhackError(f"{', '.join(map(_option, wrong))} does not apply to the {name} "
+                           f"abstraction (its own options: {', '.join(takes) or 'none'})")
+    params = {SPECIFIC[dest]: value for dest, value in given.items()}
+    return build_monitor(name, tolerance=args.tolerance, relative_tolerance=not args.absolute,
+                         only_correct=not args.all_training, n_classes=n_classes, **params)
 
 
 def _fit_out(args, target) -> Path:
@@ -81,8 +154,6 @@ def _fit_out(args, target) -> Path:
 
 
 def _fit(args) -> int:
-    from boxhack.monitor import BoxMonitor
-
     if args.out is not None:
         check_output_file(args.out, "--out")
     target = load_target_args(args)
@@ -92,12 +163,7 @@ def _fit(args) -> int:
         raise BoxhackError("this model records no default layer; pass --layer NAME "
                            "(see `boxhack monitor layers --model ...`)")
     out = _fit_out(args, target)
-    monitor = BoxMonitor(
-        n_clusters=args.clusters, max_clusters=args.max_clusters,
-        clustering_threshold=0.07 if args.threshold is None else args.threshold,
-        tolerance=args.tolerance, relative_tolerance=not args.absolute,
-        only_correct=not args.all_training, n_classes=ds.n_classes, seed=args.seed,
-    )  # fmt: skip
+    monitor = build_from_args(args, ds.n_classes)
     meta = {"model": target.model_name, "model_sha256": info.get("sha256"), "dataset": ds.name,
             "classes": list(ds.classes), "split_seed": ds.split_seed}  # fmt: skip
     monitor.fit(target.model, layers, ds.x_train, ds.y_train, batch_size=args.batch_size,
@@ -110,14 +176,19 @@ def _fit(args) -> int:
 
 
 def _print_boxes(monitor) -> None:
-    """One line per layer: its width and how many sets (boxes, balls, patterns...) per class."""
+    """One line per layer (and composite member): its width and how many sets (boxes, balls,
+    hulls, patterns...) per class."""
     s = monitor.summary()
     rows = []
     for layer in s["layers"]:
         state = s.get("layer_state", {}).get(layer, {})
-        rows.append({"layer": layer, "abstraction": s.get("abstraction", "box"),
-                     "width": s["dims"][layer], "sets": state.get("n_sets", "-"),
-                     "sets per class": ",".join(map(str, state.get("sets_per_class", [])))})
+        parts = state.get("members") or [{"abstraction": s.get("abstraction", "box"), **state}]
+        for part in parts:
+            sets = part.get("n_sets", part.get("n_patterns", "-"))
+            per = part.get("sets_per_class", part.get("patterns_per_class", []))
+            rows.append({"layer": layer, "abstraction": part.get("abstraction", "box"),
+                         "width": s["dims"][layer], "sets": sets,
+                         "sets per class": ",".join(map(str, per))})
     print_table(rows, file=sys.stdout)
 
 

@@ -22,6 +22,11 @@ def register(sub) -> None:
     )
     p.add_argument("path", metavar="PATH", help="run directory or a file written by --save")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--model", default=None,
+                   help="the model the attacks were made with, when it is Python code "
+                        "(package.module:ClassName): boxhack never imports code a results file "
+                        "names; its state hash must match the record's")
+    p.add_argument("--weights", default=None, help="state-dict file for --model")
     p.set_defaults(handler=_handler)
 
 
@@ -31,10 +36,24 @@ def _where(summary, f: dict) -> str:
     return f"{f['experiment']} sample {f['sample']}"
 
 
+def _model_loader(args):
+    """Loads models that are not boxhack directories; ``--model`` stands in for the one a
+    record names as Python code."""
+    from boxhack.workflow.target import load_model_ref
+
+    def load(ref: dict, base):
+        if args.model is not None and ref.get("kind") == "class":
+            ref = {**ref, "path": args.model, "weights": args.weights}
+            return load_model_ref(ref, None, allow_code=True)
+        return load_model_ref(ref, base)
+
+    return load
+
+
 def _handler(args) -> int:
     from boxhack.experiments.recheck import verify_path  # keeps --help fast (torch)
 
-    summary = verify_path(args.path)
+    summary = verify_path(args.path, model_loader=_model_loader(args))
     if args.json:
         json.dump(summary.to_dict(), sys.stdout, indent=2)
         print()

@@ -88,10 +88,12 @@ def all_class_names(name: str) -> tuple[str, ...]:
     return tuple(str(i) for i in range(10))
 
 
-def parse_classes(spec: str | Sequence[int | str] | None, dataset: str = "mnist") -> tuple[int, ...]:
+def parse_classes(spec: str | Sequence[int | str] | None, dataset: str = "mnist",
+                  names: Sequence[str] | None = None) -> tuple[int, ...]:
     """Parse a class selection: ``None``/"all", ``"0-4"``, ``"0,1,2"``, ``"3,7-9"``, label names
-    (``"Trouser,Bag"`` for Fashion-MNIST) or a sequence of ints. Returns sorted original labels."""
-    names = all_class_names(dataset)
+    (``"Trouser,Bag"`` for Fashion-MNIST) or a sequence of ints. Returns sorted original labels.
+    ``names``: the data set's class names, one per label value (default: the built-in set's)."""
+    names = all_class_names(dataset) if names is None else tuple(names)
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
         return tuple(range(len(names)))
     items: list = (

@@ -1,23 +1,9 @@
 """Experiment ``combined`` (paper section 4.2, figure 9): fool the classifier AND the monitor.
 
-Stage 1, an off-the-shelf adversarial attack (FGSM at Linf 0.1 by default, Foolbox, criterion
-"misclassify"): many samples are flipped and accepted at once. Stage 2, the repair: every
-sample that does not yet meet the combined goal (flipped but rejected, or not flipped) gets
-an Attack 2 WITHOUT the same-prediction constraint (goal ``"combined"``: prediction != true
-label and accepted), started at its stage-1 adversarial sample and measured from the clean
-input (:func:`boxhack.attacks.combined.combined_attack`). The repair is pluggable:
-
-- ``"gradient"`` (default): :class:`boxhack.attacks.gradient.MonitorAttack` (goal "combined",
-  minimal mode, L1 by default) - the monitor-aware white-box attack; samples it leaves
-  unsolved get one more try in the other norm (``fallback_norm``, default L2);
-- ``"slsqp"`` / ``"shgo"``: the paper's SciPy optimisation attack
-  (:func:`boxhack.attacks.optimisation.optimise_attack`, L1), bounded by an evaluation budget
-  per sample (``max_evals``); its wall-clock limit is only a safety net far above that;
-- ``"none"``: stage 1 only.
-
-A sample whose repair fails keeps its stage-1 point. Every count is decided by
-:func:`boxhack.attacks.verify.verify` on the final points against the clean inputs; the
-stage-1 points stay within the stage-1 budget exactly (float32 included). One job per chunk of
+The attack is :func:`boxhack.attacks.combined.combined_attack` (its docstring has the two
+stages and the pluggable repair): an off-the-shelf adversarial attack (FGSM at Linf 0.1 by
+default), then a repair of every sample that is not yet misclassified and accepted. Every
+count is decided by :func:`boxhack.attacks.verify.verify` on the final points. One job per chunk of
 50 digits; the rows carry the verdicts, norms, layer features and a few exact example images,
 so the summary and the figures (:mod:`boxhack.report.combined`) come from the rows alone.
 """

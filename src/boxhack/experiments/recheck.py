@@ -24,7 +24,7 @@ monitors with ``allow_pickle=False``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +69,15 @@ class VerifySummary:
 class _Loader:
     """Loads each model directory and monitor file once; checks hashes against each record."""
 
-    def __init__(self) -> None:
-        self.models: dict[Path, tuple[Any, dict]] = {}
+    def __init__(self, model_loader: Callable | None = None) -> None:
+        self.model_loader = model_loader
+        self.models: dict[Any, tuple[Any, dict]] = {}
         self.monitors: dict[Path, tuple[Any, str]] = {}
         self.checked: set[tuple[Path, Path]] = set()
 
     def model(self, ref: Mapping[str, Any], base: Path, where: str):
+        if ref.get("kind", "boxhack") != "boxhack":
+            return self._other_model(ref, base, where)
         path = resolve_ref(ref, base)
         key = Path(os.path.abspath(path))
         if key not in self.models:
@@ -90,6 +93,22 @@ class _Loader:
                 f"the stored attack was made with {str(want)[:12]}...: the model changed since "
                 "the attack ran, so its results cannot be re-checked with it"
             )
+        return key, model, info
+
+    def _other_model(self, ref: Mapping[str, Any], base: Path, where: str):
+        """A model that is not a boxhack directory (``module:Class``, TorchScript, ...):
+        loaded by ``model_loader(ref, base)``, which checks its state hash."""
+        key = (ref.get("kind"), ref.get("path"), ref.get("weights"), ref.get("sha256"), str(base))
+        if key not in self.models:
+            if self.model_loader is None:
+                raise BoxhackError(f"{where}: the stored attack was made with a "
+                                   f"{ref.get('kind')} model ({ref.get('path')}); re-check it "
+                                   f"with `boxhack verify`")  # fmt: skip
+            try:
+                self.models[key] = self.model_loader(dict(ref), base)
+            except BoxhackError as exc:
+                raise BoxhackError(f"{where}: {exc}") from None
+        model, info = self.models[key]
         return key, model, info
 
     def monitor(self, ref: Mapping[str, Any], base: Path, where: str):
@@ -156,15 +175,19 @@ def _experiment_files(path: Path) -> tuple[Path, list[tuple[str, Path]]]:
     return path, found
 
 
-def verify_path(path: str | os.PathLike) -> VerifySummary:
+def verify_path(path: str | os.PathLike, *, model_loader: Callable | None = None
+                ) -> VerifySummary:
     """Re-check every stored attack success under ``path`` (see the module docstring).
+
+    ``model_loader(ref, base) -> (model, info)`` loads models that are not boxhack model
+    directories (records with a ``kind``; see :func:`boxhack.workflow.target.load_model_ref`).
 
     Returns a :class:`VerifySummary`; raises :class:`BoxhackError` for bad input: a path that
     is neither a run directory nor a saved attack, a run without stored attacks, a damaged
     row or record, a referenced model or monitor that is missing or whose hash changed.
     """
     p = Path(path)
-    loader = _Loader()
+    loader = _Loader(model_loader)
     if p.is_file():
         record = load_attack(p)
         summary = VerifySummary(path=str(p), kind="file")

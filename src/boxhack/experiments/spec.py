@@ -332,9 +332,13 @@ def load_config_and_rows(experiment: Experiment, ctx: RunContext) -> tuple[dict,
         ) from None
     except (OSError, ValueError) as exc:
         raise BoxhackError(f"cannot read {path}: {exc}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("keys"), list):
-        raise BoxhackError(f"{path} is not an experiment configuration (no job keys)")
+    if not isinstance(config, dict):
+        raise BoxhackError(f"{path} is not an experiment configuration (not a JSON object)")
     latest = latest_by_key(read_rows(exp_dir / ROWS_FILE))
+    if "keys" not in config:  # written before configurations listed their jobs: every row
+        return {**config, "keys": list(latest)}, list(latest.values())
+    if not isinstance(config["keys"], list):
+        raise BoxhackError(f"{path} is not an experiment configuration (its keys are not a list)")
     return config, [latest[k] for k in config["keys"] if k in latest]
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import time
@@ -57,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from tqdm import tqdm
 
 from boxhack.errors import BoxhackError
 from boxhack.infra.files import fsync_dir
@@ -183,7 +186,7 @@ class _RowWriter:
 
     def _lock(self) -> None:
         try:
-            import fcntl
+            import fcntl  # POSIX only: a local import keeps the module importable elsewhere
         except ImportError:  # not POSIX: no advisory lock, the rest still holds
             return
         try:
@@ -381,8 +384,6 @@ def _warn_changed_params(
 
 
 def _progress_bar(total: int, initial: int, enabled: bool, desc: str) -> Any:
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         initial=initial,
@@ -553,8 +554,6 @@ def _exit_note(processes: list[Any]) -> str:
         return ""
     code = codes[0]
     if code < 0:
-        import signal
-
         try:
             return f" ({signal.Signals(-code).name})"
         except ValueError:
@@ -577,7 +576,7 @@ def check_scheduler_address(address: Any) -> str:
     if not isinstance(address, str) or not address.strip():
         raise BoxhackError(f"scheduler address {address!r} is empty; {_ADDRESS_HELP}")
     try:
-        from distributed.comm import parse_address
+        from distributed.comm import parse_address  # Dask is optional: imported when used
         from distributed.comm.registry import get_backend
     except ImportError as exc:
         raise BoxhackError(
@@ -616,7 +615,7 @@ def _run_dask(
     deaths it gives up with ``KilledWorker``, which becomes the job's error row.
     """
     try:
-        import distributed
+        import distributed  # optional: only a campaign on a cluster needs it
     except ImportError as exc:
         raise BoxhackError(
             f"running on Dask needs the distributed package ({exc}); "

@@ -86,7 +86,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 1) -> Path:
     """Write ``value`` as strict JSON (no NaN) to ``path`` atomically."""
-    from boxhack.infra.arrays import to_jsonable
+    from boxhack.infra.arrays import to_jsonable  # numpy: not needed by the other writers
 
     text = json.dumps(to_jsonable(value), indent=indent, allow_nan=False, ensure_ascii=False)
     return atomic_write(path, text + "\n")

@@ -33,7 +33,7 @@ def exclusive(directory: str | os.PathLike, what: str = "run directory") -> Iter
     fh = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
     try:
         try:
-            import fcntl
+            import fcntl  # POSIX only
         except ImportError:  # not POSIX: no advisory locks; proceed unlocked
             fcntl = None
         if fcntl is not None:

@@ -18,6 +18,7 @@ pool workers and, through them, their sandbox processes. Two mechanisms, both ne
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -39,8 +40,6 @@ def _set_pdeathsig(sig: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):

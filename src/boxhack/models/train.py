@@ -27,7 +27,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def versions() -> dict:
-    import scipy
+    import scipy  # only to record versions: not imported with every model
     import sklearn
 
     from boxhack import __version__

@@ -7,7 +7,8 @@ the decision (``margin``, ``forward_margin``; the attacks build on it), and a sa
 file. The abstractions: ``BoxMonitor`` ("box"), ``MeanBallMonitor`` ("ball"), ``ZoneMonitor``
 ("zone"), ``OctagonMonitor`` ("octagon"), ``PatternMonitor`` ("pattern"),
 ``ConvexHullMonitor`` ("hull") and ``CompositeMonitor`` ("composite");
-:func:`load_monitor` reads any of their files, :func:`monitor_class` maps a name to its class.
+:func:`load_monitor` reads any of their files, :func:`monitor_class` maps a name to its class,
+:func:`build_monitor` makes one from a name (``"zone"``, ``"box+pattern"``) and parameters.
 """
 
 from boxhack.monitor.ball import MeanBallMonitor
@@ -19,7 +20,14 @@ from boxhack.monitor.composite import CompositeMonitor
 from boxhack.monitor.hull import ConvexHullMonitor
 from boxhack.monitor.io import BOX_FORMAT_VERSION, FORMAT, FORMAT_VERSION, save_monitor
 from boxhack.monitor.pattern import PatternMonitor
-from boxhack.monitor.registry import MONITORS, load_monitor, monitor_class, register
+from boxhack.monitor.registry import (
+    MONITORS,
+    abstraction_params,
+    build_monitor,
+    load_monitor,
+    monitor_class,
+    register,
+)
 from boxhack.monitor.zone import OctagonMonitor, ZoneMonitor
 
 __all__ = [
@@ -38,6 +46,8 @@ __all__ = [
     "OctagonMonitor",
     "PatternMonitor",
     "ZoneMonitor",
+    "abstraction_params",
+    "build_monitor",
     "check_compatible",
     "cluster_class",
     "load_monitor",

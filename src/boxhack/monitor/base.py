@@ -60,6 +60,7 @@ from boxhack.monitor.io import (
     parse_header,
     write_file,
 )
+from boxhack.monitor.jit import HAVE_NUMBA, count_nonfinite_f32
 from boxhack.monitor.registry import load_monitor
 
 __all__ = [
@@ -266,6 +267,23 @@ def state_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def batches_to_arrays(batches: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs, labels)`` from an iterable of ``(x, y)`` batches (e.g. a DataLoader)."""
+    if isinstance(batches, (np.ndarray, torch.Tensor)) or not hasattr(batches, "__iter__"):
+        raise BoxhackError("fit needs labels: pass inputs and labels, or an iterable of (x, y) "
+                           "batches such as a torch DataLoader")
+    xs, ys = [], []
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise BoxhackError(f"batch {i} of the data loader is a {type(batch).__name__}, not "
+                               f"an (inputs, labels) pair")  # fmt: skip
+        xs.append(_to_numpy(batch[0], "inputs"))
+        ys.append(_to_numpy(batch[1], "labels").reshape(-1))
+    if not xs:
+        raise BoxhackError("the data loader gave no batches")
+    return np.concatenate(xs).astype(np.float32, copy=False), np.concatenate(ys)
+
+
 def _to_numpy(a: Any, what: str) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().numpy()
@@ -275,8 +293,16 @@ def _to_numpy(a: Any, what: str) -> np.ndarray:
         raise BoxhackError(f"{what} must be an array, got {type(a).__name__} ({exc})") from None
 
 
+def _any_nonfinite(x: np.ndarray) -> bool:
+    """One fast pass: the exponent bits of C-contiguous float32 (compiled), else a sum (NaN
+    or infinite when an entry is, or on overflow: then the caller scans exactly)."""
+    if HAVE_NUMBA and x.dtype == np.float32 and x.flags.c_contiguous:
+        return count_nonfinite_f32(x.reshape(-1).view(np.uint32)) > 0
+    return not np.isfinite(x.sum())
+
+
 def _check_finite(x: np.ndarray, what: str) -> None:
-    if x.size and not np.isfinite(x.sum()):  # one fast pass; a scan only when something is off
+    if x.size and _any_nonfinite(x):  # a full scan only when something is off
         bad = ~np.isfinite(x)
         if bad.any():
             rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
@@ -566,14 +592,18 @@ class Monitor:
     def _refresh(self) -> None:
         self.derived_ = {layer: self._derive(layer, self.state_[layer]) for layer in self.layers_}
 
-    def fit(self, model: nn.Module, layers: str | Sequence[str], inputs: Any, labels: Any,
-            batch_size: int = 1024, *, metadata: dict | None = None,
+    def fit(self, model: nn.Module, layers: str | Sequence[str], inputs: Any,
+            labels: Any = None, batch_size: int = 1024, *, metadata: dict | None = None,
             model_sha256: str | None = None) -> Self:
         """Fit on a model: run ``inputs`` through ``model`` (batched, no grad, eval mode) and
-        fit on the vectors of ``layers`` (a module path or a list of them). Records the
+        fit on the vectors of ``layers`` (a module path or a list of them). ``inputs`` is an
+        array with ``labels`` beside it, or an iterable of ``(x, y)`` batches (a
+        ``torch.utils.data.DataLoader``) with ``labels=None``. Records the
         model's :func:`state_sha256` as ``metadata_["model_state_sha256"]``, so that
         :func:`~boxhack.monitor.compat.check_compatible` can tell another model apart."""
         names = self._layer_names(model, layers)
+        if labels is None:
+            inputs, labels = batches_to_arrays(inputs)
         labels_np = _to_numpy(labels, "labels")
         if len(labels_np) != len(inputs):
             raise BoxhackError(f"got {len(inputs)} inputs but {len(labels_np)} labels")

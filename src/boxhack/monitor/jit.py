@@ -102,10 +102,20 @@ class Kernel:
             set_num_threads(threads)
 
 
+@njit()
+def count_nonfinite_f32(bits):  # pragma: no cover - compiled
+    """How many of the float32 values (given as their uint32 bits) are NaN or infinite: all
+    exponent bits set. An integer reduction, so it vectorises without fast-math."""
+    count = 0
+    for i in range(bits.size):
+        count += (bits[i] & 0x7F800000) == 0x7F800000
+    return count
+
+
 def kernel(fn) -> Kernel:
     """Decorator: compile ``fn`` (which loops over rows with ``prange``) as a :class:`Kernel`."""
     return Kernel(fn)
 
 
-__all__ = ["HAVE_NUMBA", "PARALLEL_MIN_ROWS", "Kernel", "contended", "free_cores", "kernel", "njit",
-           "prange"]
+__all__ = ["HAVE_NUMBA", "PARALLEL_MIN_ROWS", "Kernel", "contended", "count_nonfinite_f32",
+           "free_cores", "kernel", "njit", "prange"]

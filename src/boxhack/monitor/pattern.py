@@ -123,6 +123,95 @@ def _accept(q, pred, start, count, pat, gamma, out):  # pragma: no cover - compi
         out[r] = inside
 
 
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+#: the pigeonhole index is used when each of the gamma + 1 chunks has at least this many bits
+INDEX_MIN_CHUNK_BITS = 8
+#: ... and the class has at least this many patterns (else the plain scan is as quick)
+INDEX_MIN_PATTERNS = 32
+
+
+@njit()
+def _chunk_hash(v, r, masks, j):  # pragma: no cover - compiled
+    """A 64-bit hash of the bits of row v[r] in chunk j (``masks[j]``: one mask per word)."""
+    h = np.uint64(j + 1)
+    for w in range(v.shape[1]):
+        h = (h ^ (v[r, w] & masks[j, w])) * _MUL
+    return h ^ (h >> np.uint64(29))
+
+
+@kernel
+def _accept_indexed(q, pred, start, count, pat, gamma, masks, table, nbits, ptr,
+                    ids, out):  # pragma: no cover - compiled
+    """As ``_accept`` for gamma >= 1, scanning only candidates: the d bits are split into
+    gamma + 1 chunks, so a pattern within Hamming distance gamma of q equals q on at least one
+    chunk (pigeonhole) and lies in q's bucket of that chunk's hash table; every candidate is
+    then checked exactly. Class c's table for chunk j: buckets ``ptr[table[c] + j * (2^b + 1)
+    + h]`` .. ``+ 1`` (b = nbits[c]) into ``ids`` (pattern rows)."""
+    n = q.shape[0]
+    chunks = masks.shape[0]
+    for r in prange(n):
+        c = pred[r]
+        inside = False
+        if count[c] > 0:
+            size = np.uint64(1) << np.uint64(nbits[c])
+            for j in range(chunks):
+                h = _chunk_hash(q, r, masks, j) & (size - np.uint64(1))
+                base = table[c] + j * (np.int64(size) + 1) + np.int64(h)
+                for t in range(ptr[base], ptr[base + 1]):
+                    if _hamming(q, r, pat, ids[t], gamma) <= gamma:
+                        inside = True
+                        break
+                if inside:
+                    break
+        out[r] = inside
+
+
+def chunk_masks(d: int, chunks: int) -> np.ndarray:
+    """uint64 (chunks, words): the bits of each of ``chunks`` near-equal runs of d bits."""
+    words = (d + 63) // 64
+    bounds = np.linspace(0, d, chunks + 1).round().astype(np.int64)
+    masks = np.zeros((chunks, words), np.uint64)
+    for j in range(chunks):
+        for i in range(bounds[j], bounds[j + 1]):
+            masks[j, i // 64] |= np.uint64(1) << np.uint64(i % 64)
+    return masks
+
+
+def build_index(pat: np.ndarray, start: np.ndarray, count: np.ndarray, d: int, gamma: int):
+    """The pigeonhole hash tables of :func:`_accept_indexed` (derived from the stored
+    patterns, never stored), or None when chunks would be too short to select."""
+    chunks = gamma + 1
+    if gamma < 1 or d // chunks < INDEX_MIN_CHUNK_BITS or count.max(initial=0) < INDEX_MIN_PATTERNS:
+        return None
+    masks = chunk_masks(d, chunks)
+    nbits = np.array([max(1, int(np.ceil(np.log2(max(2 * m, 2))))) for m in count], np.int64)
+    sizes = chunks * ((1 << nbits) + 1)
+    table = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    ptr = np.zeros(int(sizes.sum()) + 1, np.int64)
+    ids = []
+    hashes = np.empty(len(pat), np.uint64)
+    for j in range(chunks):
+        with np.errstate(over="ignore"):
+            h = np.full(len(pat), j + 1, np.uint64)
+            for w in range(pat.shape[1]):
+                h = (h ^ (pat[:, w] & masks[j, w])) * _MUL
+            hashes[:] = h ^ (h >> np.uint64(29))
+        for c in range(len(count)):
+            if count[c] == 0:
+                continue
+            rows = np.arange(start[c], start[c] + count[c])
+            size = 1 << int(nbits[c])
+            bucket = (hashes[rows] & np.uint64(size - 1)).astype(np.int64)
+            order = np.argsort(bucket, kind="stable")
+            base = int(table[c]) + j * (size + 1)
+            offset = sum(len(i) for i in ids)
+            ptr[base:base + size + 1] = offset + np.searchsorted(bucket[order],
+                                                                 np.arange(size + 1))
+            ids.append(rows[order])
+    ids_all = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
+    return {"masks": masks, "table": table, "nbits": nbits, "ptr": ptr, "ids": ids_all}
+
+
 @kernel
 def _nearest(q, pred, start, count, pat, out):  # pragma: no cover - compiled
     """Hamming distance to the nearest pattern of class pred[r] (a huge value if none)."""
@@ -247,7 +336,9 @@ class PatternMonitor(Monitor):
         counts = np.bincount(state["pattern_class"], minlength=self.n_classes_).astype(np.int64)
         start = np.zeros(self.n_classes_, dtype=np.int64)
         start[1:] = np.cumsum(counts)[:-1]
-        return {"start": start, "count": counts, "gamma": self.radius(self.dims_[layer])}
+        gamma = self.radius(self.dims_[layer])
+        index = build_index(state["patterns"], start, counts, self.dims_[layer], gamma)
+        return {"start": start, "count": counts, "gamma": gamma, "index": index}
 
     # ------------------------------------------------------------------ queries
     def _args(self, layer: str) -> tuple:
@@ -256,7 +347,13 @@ class PatternMonitor(Monitor):
 
     def _accept_layer(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
         out = np.empty(len(x), dtype=np.bool_)
-        _accept(len(x), pack_patterns(x), pred, *self._args(layer), self.derived_[layer]["gamma"], out)
+        der = self.derived_[layer]
+        if der["index"] is not None:
+            ix = der["index"]
+            _accept_indexed(len(x), pack_patterns(x), pred, *self._args(layer), der["gamma"],
+                            ix["masks"], ix["table"], ix["nbits"], ix["ptr"], ix["ids"], out)
+        else:
+            _accept(len(x), pack_patterns(x), pred, *self._args(layer), der["gamma"], out)
         return out
 
     def nearest(self, layer: str, x: np.ndarray, pred: np.ndarray) -> np.ndarray:

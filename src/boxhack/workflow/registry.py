@@ -66,6 +66,8 @@ EXPERIMENTS: dict[str, Entry] = {
                       "adversarial samples repaired to pass the monitor (paper figure 9)"),
     "gradient": Entry("boxhack.experiments.gradient", "boxhack.report.gradient",
                       "monitor-aware gradient attacks: robustness curves (beyond the paper)"),
+    "abstractions": Entry("boxhack.experiments.abstractions", "boxhack.report.abstractions",
+                          "every abstraction compared: novelty detection vs robustness"),
 }
 
 

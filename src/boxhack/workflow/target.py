@@ -18,7 +18,8 @@ kind of model or data set, or a new option, is added here and reaches every comm
   (:mod:`boxhack.models.loaders`); every kind is wrapped in its input domain (``--bounds``,
   ``--preprocessing``, :mod:`boxhack.models.domain`);
 - a data kind is one entry of :data:`DATA_KINDS` (how to recognise the ``data`` string and how
-  to load it with ``classes``, ``data_dir`` and ``split_seed``): today the built-in data sets;
+  to load it with ``classes``, ``data_dir`` and ``split_seed``): the built-in data sets, an
+  ``.npz`` file, an IDX folder and an image folder (:mod:`boxhack.data.sources`);
 - a new option (e.g. model arguments, input bounds, preprocessing) is a new field of
   :class:`TargetSpec` read by the loader that needs it.
 
@@ -42,12 +43,19 @@ from boxhack.attacks.base import resolve_goal
 from boxhack.attacks.records import attack_record, file_ref, save_attack
 from boxhack.data import DATASETS, Dataset, load_dataset, parse_classes
 from boxhack.data.sampling import sample_balanced
+from boxhack.data.sources import (
+    is_idx_dir,
+    is_image_dir,
+    load_idx_data,
+    load_image_folder,
+    load_npz,
+)
 from boxhack.errors import BoxhackError
 from boxhack.models.domain import InputDomain
 from boxhack.models.io import META, WEIGHTS
 from boxhack.models.loaders import MODEL_FORMATS, load_any_model, model_kind
 from boxhack.models.zoo import NETWORKS
-from boxhack.monitor.base import Monitor
+from boxhack.monitor.base import Monitor, state_sha256
 from boxhack.monitor.compat import check_compatible
 from boxhack.monitor.registry import load_monitor
 
@@ -60,7 +68,9 @@ __all__ = [
     "Target",
     "TargetSpec",
     "load_data",
+    "load_model_ref",
     "load_target",
+    "model_ref",
     "resolve_device",
     "save_attack_file",
     "select_inputs",
@@ -145,10 +155,27 @@ def _load_builtin(name: str, classes, data_dir: str | None, split_seed: int) -> 
     return load_dataset(name, classes, data_dir=data_dir, split_seed=split_seed)
 
 
-#: the kinds of data a target can use, tried in order (issue 12 adds .npz, IDX and image folders)
+def _load_npz(name: str, classes, data_dir: str | None, split_seed: int) -> Dataset:
+    return load_npz(name, classes, split_seed=split_seed)
+
+
+def _load_idx(name: str, classes, data_dir: str | None, split_seed: int) -> Dataset:
+    return load_idx_data(name, classes, split_seed=split_seed)
+
+
+def _load_images(name: str, classes, data_dir: str | None, split_seed: int) -> Dataset:
+    return load_image_folder(name, classes, split_seed=split_seed)
+
+
+#: the kinds of data a target can use, tried in order
 DATA_KINDS: list[DataKind] = [
     DataKind("builtin", f"a built-in data set ({', '.join(DATASETS)})", lambda d: d in DATASETS,
              _load_builtin),
+    DataKind("npz", "an .npz file with x_train, y_train, x_test, y_test (optional x_ood)",
+             lambda d: d.lower().endswith(".npz"), _load_npz),
+    DataKind("idx", "a folder of MNIST-style IDX files", is_idx_dir, _load_idx),
+    DataKind("images", "an image folder (one sub-folder per class, optionally under train/ "
+             "and test/)", is_image_dir, _load_images),
 ]  # fmt: skip
 
 
@@ -160,7 +187,8 @@ def load_data(data: str, classes=None, *, data_dir: str | None = None,
         if kind.matches(text):
             return kind.load(text, classes, data_dir, int(split_seed))
     kinds = "; ".join(kind.describe for kind in DATA_KINDS)
-    raise BoxhackError(f"unknown data set {text!r}; give {kinds}")
+    what = "folder" if Path(text).is_dir() else "data set"
+    raise BoxhackError(f"unknown {what} {text!r}; give {kinds}")
 
 
 # ------------------------------------------------------------------ devices
@@ -260,9 +288,18 @@ def _load_dataset(spec: TargetSpec, recorded: dict, need: bool) -> Dataset | Non
 
 
 def _load_novel(spec: TargetSpec, dataset: Dataset) -> Dataset | None:
+    """The inputs of classes the model does not know: ``novel_classes`` of the same data, else
+    a data file's ``x_ood`` (as a one-class data set, class name "unknown")."""
     if spec.novel_classes is None:
-        return None
-    novel = parse_classes(spec.novel_classes, dataset.name)
+        x_ood = dataset.extra.get("x_ood")
+        if x_ood is None:
+            return None
+        y = np.zeros(len(x_ood), dtype=np.int64)
+        return Dataset(name=f"{dataset.name} x_ood", x_train=x_ood, y_train=y, x_test=x_ood,
+                       y_test=y, classes=(0,), class_names=("unknown",),
+                       source=f"x_ood of {dataset.source}")  # fmt: skip
+    names = dataset.extra.get("all_names")
+    novel = parse_classes(spec.novel_classes, dataset.name, names=names)
     overlap = sorted(set(novel) & set(dataset.classes))
     if overlap:
         raise BoxhackError(f"novel classes {overlap} are classes the model knows")
@@ -372,15 +409,62 @@ def select_inputs(model: nn.Module, monitor: Monitor, dataset: Dataset, goal: st
     return sample_balanced(dataset.y_test, int(mask.sum()) if n is None else n, seed, mask=mask)
 
 
+def model_ref(target: Target, base: str | Path | None = None) -> dict[str, str]:
+    """How a stored attack names the model it was made with: a boxhack model directory by its
+    weights' hash (as before); any other kind by its spec (``model``, ``weights``), its
+    ``kind`` and the SHA-256 of its state dict (:func:`~boxhack.monitor.base.state_sha256`),
+    which ``boxhack verify`` compares after loading it again (:func:`load_model_ref`)."""
+    if target.kind == "boxhack":
+        return file_ref(target.model_dir(), base=base, sha256=target.info["sha256"])
+
+    def rel(text: str | None) -> str | None:
+        if text is None or not Path(text).exists():
+            return text
+        return file_ref(text, base=base, sha256="-")["path"]
+
+    return {"path": rel(target.model_name), "kind": target.kind,
+            "weights": rel(target.spec.weights), "sha256": state_sha256(target.model),
+            "hash": "state"}  # fmt: skip
+
+
+def load_model_ref(ref: dict, base: str | Path | None, *, allow_code: bool = False
+                   ) -> tuple[nn.Module, dict]:
+    """The model a stored attack names (:func:`model_ref`), loaded again and checked to have
+    the recorded state hash. Models given as Python code (``module:Class``) are imported only
+    with ``allow_code`` (``boxhack verify --model``: the user names the code, never the file)."""
+    from boxhack.attacks.records import resolve_ref
+
+    kind = ref.get("kind", "boxhack")
+    if kind == "class" and not allow_code:
+        raise BoxhackError(f"the stored attacks were made with the Python model {ref.get('path')}"
+                           f" (weights {ref.get('weights')}); boxhack does not import code named "
+                           f"in a results file: re-check with `boxhack verify DIR --model "
+                           f"{ref.get('path')} --weights FILE`")  # fmt: skip
+
+    def path(key: str) -> str | None:
+        value = ref.get(key)
+        if value is None or (kind == "class" and key == "path"):
+            return value
+        return str(resolve_ref({"path": value}, base))
+
+    spec = TargetSpec(model=str(path("path")), weights=path("weights"))
+    model, info, _ = _load_model(spec)
+    digest = state_sha256(model)
+    if ref.get("sha256") not in (None, digest):
+        raise BoxhackError(f"model {ref.get('path')} has state sha256 {digest[:12]}..., the "
+                           f"stored attack was made with {str(ref['sha256'])[:12]}...: the "
+                           f"model changed since the attack ran")  # fmt: skip
+    return model, info
+
+
 def save_attack_file(path: str | Path, result, target: Target, budget: dict | None = None) -> Path:
     """Write ``result`` exactly to ``path``: an attack record
-    (:func:`~boxhack.attacks.records.attack_record`) referencing the model directory and the
-    monitor file by hash, by paths relative to the file's folder when inside it."""
+    (:func:`~boxhack.attacks.records.attack_record`) referencing the model (:func:`model_ref`)
+    and the monitor file by hash, by paths relative to the file's folder when inside it."""
     path = Path(path)
     base = path.parent.resolve()
     record = attack_record(
-        result, model=file_ref(target.model_dir(), base=base, sha256=target.info["sha256"]),
-        monitor=file_ref(target.spec.monitor, base=base), budget=budget,
+        result, model=model_ref(target, base), monitor=file_ref(target.spec.monitor, base=base),
+        budget=budget,
     )  # fmt: skip
     return save_attack(path, record)
-

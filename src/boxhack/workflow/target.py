@@ -422,9 +422,15 @@ def model_ref(target: Target, base: str | Path | None = None) -> dict[str, str]:
             return text
         return file_ref(text, base=base, sha256="-")["path"]
 
-    return {"path": rel(target.model_name), "kind": target.kind,
-            "weights": rel(target.spec.weights), "sha256": state_sha256(target.model),
-            "hash": "state"}  # fmt: skip
+    ref = {"path": rel(target.model_name), "kind": target.kind,
+           "weights": rel(target.spec.weights), "sha256": state_sha256(target.model),
+           "hash": "state"}  # fmt: skip
+    # how it was built and its input domain (JSON values; loaded again with the same options)
+    for key in ("model_args", "bounds", "preprocessing"):
+        value = target.info.get(key)
+        if value not in (None, {}, [0.0, 1.0]):
+            ref[key] = value
+    return ref
 
 
 def load_model_ref(ref: dict, base: str | Path | None, *, allow_code: bool = False
@@ -447,7 +453,9 @@ def load_model_ref(ref: dict, base: str | Path | None, *, allow_code: bool = Fal
             return value
         return str(resolve_ref({"path": value}, base))
 
-    spec = TargetSpec(model=str(path("path")), weights=path("weights"))
+    spec = TargetSpec(model=str(path("path")), weights=path("weights"),
+                      model_args=ref.get("model_args"), bounds=ref.get("bounds"),
+                      preprocessing=ref.get("preprocessing"))
     model, info, _ = _load_model(spec)
     digest = state_sha256(model)
     if ref.get("sha256") not in (None, digest):

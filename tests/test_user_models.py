@@ -278,3 +278,34 @@ def test_model_json_describes_the_domain(forms, models):
     info = models["class"][1]
     assert json.loads(json.dumps(info))["bounds"] == [0.0, 1.0]
     assert info["model_args"] == {"n_classes": 4}
+
+
+def test_boxhack_audit_of_the_four_forms_agrees_and_verifies(forms, tmp_path, capsys):
+    """`boxhack audit` on the .npz of each form: the same monitor verdicts and the same attack
+    successes; the stored attacks re-verify (the class form with its code named again)."""
+    summaries = {}
+    for form in FORMS:
+        out = tmp_path / form
+        argv = ["audit", "--model", forms.specs[form], "--data", str(forms.data),
+                "--layer", forms.layer[form], "--out", str(out), "--n", "6", "--n-combined", "4",
+                "--steps", "30", "--tolerance", "0.5", "--clusters", "1",
+                "--sweep-clusters", "1", "--sweep-tolerances", "0.5", "-q"]
+        for key, value in forms.options[form].items():
+            argv += [f"--{key.replace('_', '-')}", value]
+        assert main(argv) == 0, form
+        summaries[form] = json.loads((out / "summary.json").read_text())
+        again = ["verify", str(out)]
+        if form == "class":
+            again += ["--model", forms.specs[form], "--weights", forms.options[form]["weights"]]
+        assert main(again) == 0, form
+    capsys.readouterr()
+    ref = summaries["class"]
+    assert ref["monitor"]["novel_rejected"] > 0 and ref["stored_attacks"] > 0
+    for form in FORMS[1:]:
+        s = summaries[form]
+        assert s["monitor"] == {**ref["monitor"], "novel_source": s["monitor"]["novel_source"]}
+        for key, r in ref["robustness"].items():
+            assert s["robustness"][key]["success"] == r["success"], (form, key)
+            assert np.allclose(s["robustness"][key]["norms"], r["norms"], rtol=5e-3), (form, key)
+        if form != "onnx":  # the same ATen ops: the same headline, number for number
+            assert s["headline"] == ref["headline"], form

@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, exactly this version: a CPU wheel lies on disk; anything else downloads GBs.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,onnx]"
+	# ONNX models: onnx2torch without its declared dependencies (it names torchvision, which
+	# would replace the CPU torch above; boxhack imports it without torchvision, see
+	# boxhack.models.loaders)
+	$(PY) -m pip install --quiet --no-deps "onnx2torch>=1.5,<2"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -76,7 +76,8 @@ def test_target_errors_are_one_clear_line(xor, tmp_path):
         with pytest.raises(BoxhackError, match=None) as exc:
             load_target(**options)
         assert message in str(exc.value) and "\n" not in str(exc.value), (options, exc.value)
-    assert [kind.name for kind in MODEL_KINDS] == ["boxhack", "class", "torchscript"]
+    assert [kind.name for kind in MODEL_KINDS] == ["boxhack", "class", "torchscript", "export",
+                                                  "onnx"]
 
 
 def test_load_data_names_the_kinds():

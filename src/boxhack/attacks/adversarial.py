@@ -77,6 +77,7 @@ from boxhack.attacks.records import fit_to_budget
 from boxhack.attacks.starts import find_starting_points, harden
 from boxhack.attacks.verify import AttackResult, as_batch, verify
 from boxhack.errors import BoxhackError
+from boxhack.models.domain import input_bounds
 
 with warnings.catch_warnings():
     # foolbox imports scipy.ndimage.filters.gaussian_filter, deprecated since SciPy 1.8; the
@@ -195,9 +196,10 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 def foolbox_model(model: torch.nn.Module):
-    """The model as a Foolbox ``PyTorchModel`` with bounds (0, 1) on the model's device."""
+    """The model as a Foolbox ``PyTorchModel`` with the model's input bounds
+    (:func:`~boxhack.models.domain.input_bounds`, (0, 1) unless declared) on its device."""
     model.eval()
-    return fb.PyTorchModel(model, bounds=(0.0, 1.0), device=_device(model))
+    return fb.PyTorchModel(model, bounds=input_bounds(model), device=_device(model))
 
 
 class MonitorMisclassification(fb.criteria.Misclassification):
@@ -275,7 +277,7 @@ def _goal_error(goal) -> str:
 
 # ------------------------------------------------------------------------------ validation
 def _check_inputs(model, inputs, labels) -> tuple[np.ndarray, np.ndarray]:
-    x = as_batch(inputs, "inputs")
+    x = as_batch(inputs, "inputs", bounds=input_bounds(model))
     y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
     if y.ndim != 1:
         raise BoxhackError(f"labels must be a 1-D array of class indices, got shape {y.shape}")
@@ -345,13 +347,15 @@ def _construct(spec: AttackSpec, budget: str, attack_kwargs: dict):
 
 
 # ------------------------------------------------------------------------------ running
-def _finite_or(x_adv: np.ndarray, x0: np.ndarray) -> np.ndarray:
-    """Replace non-finite samples by the original, clip rounding overshoots into [0, 1]."""
+def _finite_or(x_adv: np.ndarray, x0: np.ndarray,
+               bounds: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Replace non-finite samples by the original, clip rounding overshoots into ``bounds``."""
     bad = ~np.isfinite(x_adv).reshape(len(x_adv), -1).all(1)
     if bad.any():
         x_adv = x_adv.copy()
         x_adv[bad] = x0[bad]
-    return np.clip(x_adv, 0.0, 1.0).astype(np.float32, copy=False)
+    lo, hi = (np.float32(b) for b in bounds)
+    return np.clip(x_adv, lo, hi).astype(np.float32, copy=False)
 
 
 def _to_np(t) -> np.ndarray:
@@ -510,7 +514,8 @@ def _sweep(model, monitor, x0, y, spec, atk, params, eps_list, goal, budget, eps
         info["queries"] = int(crit.queries)
     results = []
     for k, (e, x_adv) in enumerate(zip(eps_list, advs)):
-        x_adv = _finite_or(np.asarray(x_adv, dtype=np.float32).reshape(x0.shape), x0)
+        x_adv = _finite_or(np.asarray(x_adv, dtype=np.float32).reshape(x0.shape), x0,
+                           input_bounds(model))
         if e is not None:  # Foolbox's float32 arithmetic can land a hair outside the budget
             x_adv = fit_to_budget(x0, x_adv, spec.norm, e)
         info_e = {**info, **extra, **per_eps[k], "epsilon": e,
@@ -628,7 +633,8 @@ def blended_noise_starts(
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "failed to draw sufficient random inputs"
         torch.manual_seed(seed)
-        starts = _finite_or(_to_np(atk.run(foolbox_model(model), x_t, crit)), x0)
+        starts = _finite_or(_to_np(atk.run(foolbox_model(model), x_t, crit)), x0,
+                            input_bounds(model))
     return starts, _foolbox_decide(crit, model, starts)
 
 

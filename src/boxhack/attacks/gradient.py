@@ -67,7 +67,8 @@ from boxhack.attacks.base import Attack, check_options
 from boxhack.attacks.records import fit_to_budget
 from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
-from boxhack.models.layers import get_layer, tap
+from boxhack.models.domain import input_bounds, unit_domain
+from boxhack.models.layers import is_relu_layer, tap
 
 __all__ = ["GOALS_SUPPORTED", "MODES", "NORMS", "MonitorAttack", "attack", "box_faces",
            "dual_norm", "fit_to_budget", "l1_fill", "lp_norm", "project_ball", "project_l1_ball",
@@ -204,7 +205,7 @@ def _tapped_layers(model, monitor) -> tuple[list[str], list[str]]:
     the others, as the monitor does it (monitors without ``uses_preactivation`` are boxes,
     which always use pre-activations)."""
     pre = getattr(monitor, "uses_preactivation", True)
-    relu = [ly for ly in monitor.layers_ if pre and isinstance(get_layer(model, ly), torch.nn.ReLU)]
+    relu = [ly for ly in monitor.layers_ if pre and is_relu_layer(model, ly)]
     return relu, [ly for ly in monitor.layers_ if ly not in relu]
 
 
@@ -418,6 +419,8 @@ class MonitorAttack(Attack):
             other.goal = self._set_goal(goal)
             return other.run(model, monitor, inputs, labels=labels, targets=targets,
                              starts=starts)  # fmt: skip
+        if input_bounds(model) != (0.0, 1.0):
+            return self._run_rescaled(model, monitor, inputs, labels, targets, starts)
         t_start = time.perf_counter()  # reported (info["wall_s"]) only; nothing depends on it
         p = self._problem(model, monitor, inputs, labels, targets, starts)
         n = len(p.x0)
@@ -448,6 +451,31 @@ class MonitorAttack(Attack):
             wall_s=wall, samples_per_s=n / wall if wall > 0 else float("inf"),
         )  # fmt: skip
         return result
+
+    def _run_rescaled(self, model, monitor, inputs, labels, targets, starts) -> AttackResult:
+        """A model with bounds (lo, hi) other than (0, 1): attack it in the unit box
+        (:func:`~boxhack.models.domain.unit_domain`, budgets divided by ``hi - lo``), map the
+        perturbation back (pixels the attack left alone stay bit for bit), fit it to the
+        budget in the user's space and verify there."""
+        lo, hi = input_bounds(model)
+        scale = hi - lo
+        x0 = as_batch(inputs, "inputs", bounds=(lo, hi))
+        unit = copy.copy(self)
+        unit.epsilon = None if self.epsilon is None else float(self.epsilon) / scale
+        u0 = ((x0.astype(np.float64) - lo) / scale).clip(0, 1).astype(np.float32)
+        us = None if starts is None else (
+            (as_batch(starts, "starts", bounds=(lo, hi)).astype(np.float64) - lo) / scale
+        ).clip(0, 1).astype(np.float32)  # fmt: skip
+        res = unit.run(unit_domain(model), monitor, u0, labels=labels, targets=targets,
+                       starts=us)
+        moved = res.x.astype(np.float64) - u0.astype(np.float64)
+        x = np.clip(x0.astype(np.float64) + scale * moved, lo, hi).astype(np.float32)
+        x = np.where(moved == 0, x0, x)
+        caps = np.full(len(x0), math.inf if self.epsilon is None else float(self.epsilon))
+        x = fit_to_budget(x0, x, self.norm, caps)
+        out = verify(model, monitor, x0, x, self.goal, labels=res.labels, targets=res.targets)
+        out.info.update(res.info, bounds=[lo, hi])
+        return out
 
     def _problem(self, model, monitor, inputs, labels, targets, starts) -> _Problem:
         """Validate the call and compute what every stage needs (verdicts at x0, eligibility)."""

@@ -71,7 +71,7 @@ from scipy.optimize import (
     shgo,
 )
 
-from boxhack.attacks.base import Attack, check_options
+from boxhack.attacks.base import Attack, check_options, require_unit_bounds
 from boxhack.attacks.subspace import make_space, parse_space
 from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
@@ -165,6 +165,7 @@ class OptimisationAttack(Attack):
             goal: str | None = None, train_inputs=None, input_shape=None,
             **options) -> AttackResult:
         check_options(type(self).__name__, options, ("train_inputs", "input_shape"))
+        require_unit_bounds(model, f"the SciPy attack {type(self).__name__}")
         if targets is not None:
             raise BoxhackError(f"{type(self).__name__} takes no targets (its goals: "
                                f"{', '.join(self.goals)})")

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from boxhack.attacks.base import require_unit_bounds
 from boxhack.attacks.verify import as_batch
 from boxhack.errors import BoxhackError
 
@@ -232,6 +233,7 @@ def find_starting_points(
     if method == "noise" and noise is None:
         raise BoxhackError("start method 'noise' needs a noise search (noise=); "
                            "boxhack.attacks.decision.find_starting_points gives Foolbox's")
+    require_unit_bounds(model, "the decision attacks' starting points")
     x0 = as_batch(inputs, "inputs")
     y = np.asarray(labels, dtype=np.int64)
     if len(y) != len(x0):

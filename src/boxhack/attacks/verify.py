@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from boxhack.errors import BoxhackError
+from boxhack.models.domain import input_bounds
 
 GOALS = ("dos", "intrude", "intrude-any", "intrude-target", "combined", "misclassify")
 BOUNDS = (0.0, 1.0)
@@ -100,8 +101,11 @@ class AttackResult:
         return out
 
 
-def as_batch(x, name: str = "inputs", input_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Validate a batch of inputs: float32, finite, in [0, 1], optional per-sample shape."""
+def as_batch(x, name: str = "inputs", input_shape: tuple[int, ...] | None = None,
+             bounds: tuple[float, float] = BOUNDS) -> np.ndarray:
+    """Validate a batch of inputs: float32, finite, within ``bounds`` (the model's input
+    bounds, :func:`~boxhack.models.domain.input_bounds`; default [0, 1]), optional per-sample
+    shape."""
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
         raise BoxhackError(f"{name} must be numeric, got dtype {arr.dtype}")
@@ -119,10 +123,12 @@ def as_batch(x, name: str = "inputs", input_shape: tuple[int, ...] | None = None
     if not np.isfinite(arr).all():
         raise BoxhackError(f"{name} contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
-    if lo < BOUNDS[0] or hi > BOUNDS[1]:
+    b_lo, b_hi = float(np.float32(bounds[0])), float(np.float32(bounds[1]))
+    if lo < b_lo or hi > b_hi:
+        hint = "; divide 0-255 images by 255" if b_hi <= 1 and hi > 1.5 else ""
         raise BoxhackError(
-            f"{name} must lie in [0, 1] (pixel scale), found values in [{lo:.4g}, {hi:.4g}]; "
-            "divide 0-255 images by 255"
+            f"{name} must lie in the model's input bounds [{bounds[0]:g}, {bounds[1]:g}], "
+            f"found values in [{lo:.4g}, {hi:.4g}]{hint}"
         )
     return arr
 
@@ -192,8 +198,9 @@ def verify(
 ) -> AttackResult:
     """Re-check candidates ``x`` against originals ``x0`` with the exact model and monitor.
 
-    Candidates outside [0, 1] or non-finite never count: they are marked unsuccessful
-    (an attack must return valid images).
+    Candidates outside the model's input bounds (:func:`~boxhack.models.domain.input_bounds`,
+    [0, 1] unless declared) or non-finite never count: they are marked unsuccessful (an
+    attack must return valid inputs).
     """
     check_goal(goal)
     x0 = np.asarray(x0.detach().cpu() if isinstance(x0, torch.Tensor) else x0, dtype=np.float32)
@@ -201,7 +208,8 @@ def verify(
     if x.shape != x0.shape:
         raise BoxhackError(f"candidates have shape {x.shape} but originals {x0.shape}")
     valid = np.isfinite(x).reshape(len(x), -1).all(1)
-    valid &= ((x >= BOUNDS[0]) & (x <= BOUNDS[1])).reshape(len(x), -1).all(1)
+    b_lo, b_hi = (np.float32(b) for b in input_bounds(model))
+    valid &= ((x >= b_lo) & (x <= b_hi)).reshape(len(x), -1).all(1)
     safe_x = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, x0)
     if pred0 is None or accepted0 is None:
         pred0, accepted0 = monitor.predict(model, x0)

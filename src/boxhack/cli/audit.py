@@ -100,7 +100,8 @@ def _handler(args) -> int:
                     weights=args.weights, classes=args.classes,
                     novel_classes=args.novel_classes, data_dir=args.data_dir,
                     split_seed=args.split_seed, device=args.device, settings=settings,
-                    progress=not args.quiet)  # fmt: skip
+                    progress=not args.quiet, model_args=args.model_args, bounds=args.bounds,
+                    preprocessing=args.preprocessing)  # fmt: skip
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:

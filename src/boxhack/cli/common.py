@@ -2,13 +2,17 @@
 helpers.
 
 ==================  ==========================================================================
-``--model``         a boxhack model directory, a TorchScript file, or package.module:ClassName
-``--weights``       the state dict of the ClassName form
+``--model``         a boxhack model directory, path/net.py:ClassName or package.module:ClassName
+                    (with ``--weights``), a TorchScript file, a torch.export ``.pt2``, an ONNX file
+``--weights``       the state dict of the ClassName form (``.pt``, or ``.safetensors``)
+``--model-args``    JSON keyword arguments of the ClassName constructor
+``--bounds``        the model's input bounds ``lo,hi`` (default 0,1); attacks clip to them
+``--preprocessing`` JSON ``{"mean": [...], "std": [...], "axis": -3}`` applied inside the model
 ``--monitor``       a monitor file (any abstraction)
 ``--data``          a data set (default: the one the model, else the monitor, recorded)
 ``--classes``       the model's classes, e.g. ``0-4`` or ``0,1,2`` (default: recorded)
 ``--data-dir``      folder with IDX files; ``--split-seed``: seed of the train/test split
-``--device``        torch device where a command can use one (default cpu)
+``--device``        auto | cpu | cuda, where a command can use one (default cpu)
 ``--goal``          dos | intrude | intrude-any | intrude-target | combined | misclassify, or the
                     paper's ``--attack 1|2|2-any`` (:func:`boxhack.attacks.base.resolve_goal`)
 ``--n``/``--index`` a seeded class-balanced sample of N inputs the goal starts from / these
@@ -153,10 +157,7 @@ def add_goal_args(p, goals: Iterable[str], default: str, help: str) -> None:
 def add_target_args(p, *, monitor: bool = True, data: bool = True, device: bool = False,
                     novel: bool = False) -> None:
     """The options naming a target (see :func:`boxhack.workflow.target.load_target`)."""
-    p.add_argument("--model", required=True,
-                   help="a boxhack model directory, a TorchScript file, or "
-                        "package.module:ClassName")
-    p.add_argument("--weights", default=None, help="state-dict file for the ClassName form")
+    add_model_args(p)
     if monitor:
         p.add_argument("--monitor", required=True,
                        help="monitor file (.npz) written by `boxhack monitor fit`")
@@ -176,8 +177,31 @@ def add_target_args(p, *, monitor: bool = True, data: bool = True, device: bool 
         add_device_arg(p)
 
 
+def add_model_args(p) -> None:
+    """``--model`` (any kind, :mod:`boxhack.models.loaders`), ``--weights``, ``--model-args``,
+    ``--bounds`` and ``--preprocessing``."""
+    p.add_argument("--model", required=True,
+                   help="a boxhack model directory; path/net.py:ClassName or "
+                        "package.module:ClassName with --weights; a TorchScript file; a "
+                        "torch.export .pt2 program; an .onnx file")
+    p.add_argument("--weights", default=None,
+                   help="state dict of the ClassName form (.pt read with weights_only=True, "
+                        "or .safetensors)")
+    p.add_argument("--model-args", default=None, metavar="JSON",
+                   help="keyword arguments of the ClassName constructor, e.g. "
+                        "'{\"n_classes\": 7}'")
+    p.add_argument("--bounds", default=None, metavar="LO,HI",
+                   help="the model's input bounds (default 0,1): inputs outside are refused, "
+                        "attacks clip to them")
+    p.add_argument("--preprocessing", default=None, metavar="JSON",
+                   help="normalisation applied inside the model, as in Foolbox: "
+                        "'{\"mean\": [0.5], \"std\": [0.25], \"axis\": -3}'")
+
+
 def add_device_arg(p) -> None:
-    p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
+    p.add_argument("--device", default="cpu", metavar="auto|cpu|cuda",
+                   help="where the heavy work runs: auto (CUDA when available), cpu (default) "
+                        "or cuda")
 
 
 def load_target_args(args, *, need_data: bool = True):

@@ -7,18 +7,14 @@ existing one is removed before the new weights take its place), so a directory h
 ``model.json`` holds a whole model: a kill or a full disk mid-save leaves the old model, or no
 ``model.json`` at all, never a truncated file that ``load_model`` would trust.
 
-``load_any_model`` also takes a user's own network: a TorchScript file, or
-``package.module:ClassName`` plus a state-dict file.
+A user's own network, of any kind, loads with :func:`boxhack.models.loaders.load_any_model`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import warnings
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -159,90 +155,3 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     _apply_state(model, _load_state_dict(weights_path), str(weights_path))
     model.eval()
     return model, info
-
-
-class ScriptedLayer(nn.Module):
-    """A Python shell around one TorchScript sub-module, so forward hooks (layer taps) work:
-    TorchScript modules refuse hooks, but a Python module that calls them does not."""
-
-    def __init__(self, scripted: nn.Module):
-        super().__init__()
-        self.scripted = scripted
-
-    def forward(self, x):
-        return self.scripted(x)
-
-
-_PLAIN = {"ReLU": nn.ReLU, "Tanh": nn.Tanh, "Sigmoid": nn.Sigmoid, "Flatten": nn.Flatten}
-
-
-def unscript(module: nn.Module) -> nn.Module:
-    """Rebuild a scripted ``nn.Sequential`` tree as Python modules with the same names.
-
-    Only Sequential containers can be rebuilt (their forward is known); other scripted
-    modules are wrapped whole. Parameter-free activations become their plain torch class so
-    monitors can recognise a ReLU layer.
-    """
-    kind = getattr(module, "original_name", type(module).__name__)
-    if kind == "Sequential":
-        return nn.Sequential(
-            OrderedDict((name, unscript(child)) for name, child in module.named_children())
-        )
-    if kind in _PLAIN and not list(module.parameters()):
-        return _PLAIN[kind]() if kind != "Flatten" else nn.Flatten()
-    return ScriptedLayer(module)
-
-
-def _user_info(spec: str, model: nn.Module) -> dict:
-    return {"format": "user-model", "architecture": spec, "default_layer": None, "classes": None}
-
-
-def load_any_model(spec: str | Path, weights: str | Path | None = None) -> tuple[nn.Module, dict]:
-    """Load a boxhack run directory, a TorchScript file, or ``package.module:ClassName``
-    (instantiated without arguments) with the state dict in ``weights``."""
-    text = str(spec)
-    path = Path(text)
-    if path.is_dir() or path.name in (META, WEIGHTS) and path.exists():
-        return load_model(path)
-    if ":" in text and not path.exists():
-        module_name, _, class_name = text.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as exc:
-            raise BoxhackError(f"cannot import {text!r}: {exc}; is the package on PYTHONPATH?")
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise BoxhackError(f"{text} is not a torch.nn.Module class; give the class of a "
-                               f"classifier network, or a TorchScript file")
-        if weights is None:
-            raise BoxhackError(f"{text} needs its weights: pass a state-dict file with --weights")
-        try:
-            model = cls()
-        except Exception as exc:  # noqa: BLE001 - any constructor failure is the same user error
-            raise BoxhackError(
-                f"cannot build {text} without arguments ({type(exc).__name__}: "
-                f"{_first_line(exc)}); boxhack instantiates ClassName() with no arguments: give "
-                f"a class whose constructor needs none (wrap yours), or save the network as a "
-                f"TorchScript file") from None
-        state = _load_state_dict(Path(weights))
-        if not any(True for _ in model.parameters()):
-            raise BoxhackError(f"{text}() has no parameters, so it is not a trained classifier; "
-                               f"give the class of your classifier network")
-        _apply_state(model, state, str(weights))
-        model.eval()
-        return model, _user_info(text, model)
-    if path.is_file():
-        try:
-            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; still supported
-                warnings.simplefilter("ignore", DeprecationWarning)
-                model = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - whatever it is, it is not TorchScript
-            raise BoxhackError(
-                f"{path} is not a TorchScript file ({_first_line(exc)[:120]}); for a "
-                "state dict pass package.module:ClassName and --weights FILE"
-            )
-        model = unscript(model).eval()
-        return model, _user_info(text, model)
-    raise BoxhackError(
-        f"model {text!r} not found: give a boxhack model directory, a TorchScript file, or "
-        "package.module:ClassName with --weights"
-    )

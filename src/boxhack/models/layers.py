@@ -1,7 +1,11 @@
-"""Layer taps: read the outputs of named sub-modules with forward hooks.
+"""Layer taps: read the outputs of named layers.
 
 Layers are named by their module path, as ``dict(model.named_modules())`` spells them
-(``"fc2"``, ``"features.3"``). Outputs are flattened to ``(N, d)`` per layer.
+(``"fc2"``, ``"features.3"``), in the user's model: an :class:`~boxhack.models.domain.InputDomain`
+around it adds no name (:func:`~boxhack.models.domain.layer_root`). Plain modules are tapped
+with forward hooks; graph models (``torch.export`` programs and TorchScript,
+:mod:`boxhack.models.graph`) by the graph's named values, so the same functions work for every
+kind of model. Outputs are flattened to ``(N, d)`` per layer.
 """
 
 from __future__ import annotations
@@ -14,10 +18,33 @@ import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError
+from boxhack.models.domain import check_inputs, declared_input_shape, layer_root
+from boxhack.models.graph import GraphModel
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every layer name ``model`` can tap (module paths; graph values for graph models)."""
+    root = layer_root(model)
+    if isinstance(root, GraphModel):
+        return list(root.layers)
+    return [n for n, _ in root.named_modules() if n]
+
+
+def is_relu_layer(model: nn.Module, name: str) -> bool:
+    """Is layer ``name`` a ReLU's output (so its input is the pre-activation)?"""
+    root = layer_root(model)
+    if isinstance(root, GraphModel):
+        return root.layer(name).is_relu
+    return isinstance(get_layer(root, name), nn.ReLU)
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return the sub-module at module path ``name`` or raise a clear error listing the names."""
+    """Return the sub-module at module path ``name`` or raise a clear error listing the names.
+    For a graph model (no sub-module to return) the model itself, once ``name`` is checked."""
+    model = layer_root(model)
+    if isinstance(model, GraphModel):
+        model.layer(name)
+        return model
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         names = [n for n in modules if n]
@@ -27,11 +54,29 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def list_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str, int]]:
-    """(name, module type, flattened output width) for every named leaf layer, in call order."""
+def _example(example) -> torch.Tensor:
+    if isinstance(example, torch.Tensor):
+        return example.to(torch.float32)
+    arr = np.asarray(example)
+    if arr.dtype.kind in "iu" and arr.ndim == 1:  # a shape: (1, 28, 28)
+        return torch.zeros((1, *(int(s) for s in arr)), dtype=torch.float32)
+    return torch.as_tensor(arr, dtype=torch.float32)
+
+
+def list_layers(model: nn.Module, example) -> list[tuple[str, str, int]]:
+    """(name, type, flattened output width) for every named leaf layer, in call order.
+    ``example`` is an input batch, or one sample's shape (``(1, 28, 28)``)."""
+    example = _example(example)
+    shape = declared_input_shape(model)
+    if shape is not None and tuple(example.shape) == shape:
+        example = example[None]
+    root = layer_root(model)
+    if isinstance(root, GraphModel):
+        device = _device(root)
+        return root.list_layers(example.to(device))
     seen: list[tuple[str, str, int]] = []
     handles = []
-    for name, module in model.named_modules():
+    for name, module in root.named_modules():
         if not name or len(list(module.children())) > 0:
             continue
 
@@ -57,6 +102,17 @@ def tap(model: nn.Module, layers: Sequence[str], *, inputs: bool = False):
     of a ReLU module). Yields a dict ``{name: tensor (N, d)}`` refreshed by each forward call.
     """
     store: dict[str, torch.Tensor] = {}
+    root = layer_root(model)
+    if isinstance(root, GraphModel):
+        for name in layers:
+            root.layer(name)
+        request = (tuple(layers), bool(inputs), store)
+        root._taps.append(request)
+        try:
+            yield store
+        finally:
+            root._taps[:] = [r for r in root._taps if r is not request]
+        return
     handles = []
     for name in layers:
         module = get_layer(model, name)
@@ -92,12 +148,8 @@ def collect(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Batched no-grad forward: ``(predictions (N,), {layer: float32 (N, d)})`` as numpy."""
     if device is None:
-        try:
-            device = next(model.parameters()).device
-        except StopIteration:
-            device = torch.device("cpu")
-    x_all = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
-    x_all = x_all.to(torch.float32)
+        device = _device(model)
+    x_all = as_inputs(model, inputs)
     preds: list[np.ndarray] = []
     feats: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     was_training = model.training
@@ -115,3 +167,30 @@ def collect(
     n_out = {name: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for name, v in feats.items()}
     pred = np.concatenate(preds) if preds else np.zeros((0,), np.int64)
     return pred.astype(np.int64), n_out
+
+
+def _device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def as_inputs(model: nn.Module, inputs) -> torch.Tensor:
+    """``inputs`` as a float32 batch for ``model``: one unbatched sample (a 1-D vector, or the
+    model's declared sample shape) becomes a batch of one; inputs outside the model's declared
+    bounds are refused (:func:`~boxhack.models.domain.check_inputs`)."""
+    if isinstance(inputs, torch.Tensor):
+        x = inputs.detach().to(torch.float32)
+    else:
+        try:
+            x = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise BoxhackError(f"inputs must be a numeric array, got {type(inputs).__name__} "
+                               f"({exc})") from None  # fmt: skip
+    shape = declared_input_shape(model)
+    if x.dim() == 1 or (shape is not None and tuple(x.shape) == shape):
+        x = x.unsqueeze(0)
+    check_inputs(model, x)
+    return x

@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError, NotFittedError
-from boxhack.models.layers import collect, get_layer, tap
+from boxhack.models.domain import domain_of, layer_root
+from boxhack.models.layers import collect, get_layer, is_relu_layer, tap
 from boxhack.monitor.clustering import Clustering, cluster_class
 from boxhack.monitor.io import (
     FORMAT,
@@ -250,13 +251,19 @@ def jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def state_sha256(model: nn.Module) -> str:
     """SHA-256 of ``model.state_dict()``: every tensor's name, dtype, shape and exact bytes
-    (what ``fit`` records as ``metadata_["model_state_sha256"]``)."""
+    (what ``fit`` records as ``metadata_["model_state_sha256"]``). The state is the user's
+    model's (inside an :class:`~boxhack.models.domain.InputDomain`, whose preprocessing, if
+    any, is hashed too: another normalisation is another model)."""
     h = hashlib.sha256()
+    domain = domain_of(model)
+    model = layer_root(model)
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if domain is not None and domain.domain_key():
+        h.update(domain.domain_key().encode())
     return h.hexdigest()
 
 
@@ -605,8 +612,12 @@ class Monitor:
         pred, feats = collect(model, names, inputs, batch_size=batch_size)
         meta = dict(metadata or {})
         meta.setdefault("model_state_sha256", state_sha256(model))
-        return self.fit_features(feats, labels_np, pred, metadata=meta,
-                                 model_sha256=model_sha256)
+        self.fit_features(feats, labels_np, pred, metadata=meta, model_sha256=model_sha256)
+        if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim > 1:
+            # in memory only (files stay byte-identical): one sample of this shape given to
+            # predict is a batch of one
+            self.fit_input_shape_ = tuple(int(s) for s in inputs.shape[1:])
+        return self
 
     @staticmethod
     def _layer_names(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
@@ -734,7 +745,7 @@ class Monitor:
     def _relu_layers(self, model: nn.Module) -> tuple[list[str], list[str]]:
         relu, other = [], []
         for layer in self.layers_:
-            is_relu = self.uses_preactivation and isinstance(get_layer(model, layer), nn.ReLU)
+            is_relu = self.uses_preactivation and is_relu_layer(model, layer)
             (relu if is_relu else other).append(layer)
         return relu, other
 
@@ -762,6 +773,10 @@ class Monitor:
     def _collect(self, model: nn.Module, inputs: Any, batch_size: int):
         self._check_fitted()
         names = self._layer_names(model, self.layers_)
+        shape = getattr(self, "fit_input_shape_", None)
+        if shape and isinstance(inputs, (np.ndarray, torch.Tensor)) \
+                and tuple(inputs.shape) == tuple(shape):
+            inputs = inputs[None]  # one unbatched sample of the shape the monitor was fitted on
         if len(inputs) == 0:
             raise BoxhackError("no inputs given (0 rows)")
         return collect(model, names, inputs, batch_size=batch_size)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from boxhack.errors import BoxhackError, NotFittedError
-from boxhack.models.layers import collect
+from boxhack.models.layers import collect, layer_names
 from boxhack.models.zoo import NETWORKS
 from boxhack.monitor.base import MonitorLike, state_sha256
 
@@ -69,7 +69,7 @@ def check_compatible(
 ) -> None:
     """Raise :class:`BoxhackError` unless ``monitor`` was fitted on ``model`` (see module doc).
 
-    ``model_info`` is the model's description (``load_any_model``'s second value: its
+    ``model_info`` is the model's description (:func:`~boxhack.models.loaders.load_any_model`'s second value: its
     ``sha256``, ``n_classes``, ``input_shape``); ``example`` an input batch used to measure
     the layer widths (default: zeros of the recorded input shape). The names are only for the
     message. Works for every abstraction: it uses only the protocol (:class:`MonitorLike`).
@@ -116,11 +116,11 @@ def _hash_mismatch(monitor: MonitorLike, model: nn.Module, info: Mapping[str, An
 
 
 def _missing_layers(monitor: MonitorLike, model: nn.Module) -> str | None:
-    modules = dict(model.named_modules())
-    missing = [layer for layer in monitor.layers_ if layer not in modules or not layer]
+    names = layer_names(model)
+    known = set(names)
+    missing = [layer for layer in monitor.layers_ if layer not in known or not layer]
     if not missing:
         return None
-    names = [n for n in modules if n]
     return (f"it watches layer(s) {', '.join(map(repr, missing))}, which the model lacks "
             f"(its layers: {', '.join(names) or '(none)'})")
 

@@ -327,7 +327,7 @@ def audit(model: str, data: str | None, layer: str | list[str] | None, out: str 
           monitor: str | None = None, weights: str | None = None, classes=None,
           novel_classes=None, data_dir: str | None = None, split_seed: int | None = None,
           device: str = "cpu", settings: AuditSettings | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, model_args=None, bounds=None, preprocessing=None) -> dict:
     """Audit ``model`` (any model kind) and its monitor on ``data`` (any data kind); see the
     module docstring. Writes ``out/monitor.npz`` (when fitted here), ``out/audit/rows.jsonl``,
     ``out/summary.json`` and ``out/report.html``; returns the summary."""
@@ -341,7 +341,8 @@ def audit(model: str, data: str | None, layer: str | list[str] | None, out: str 
         fitted_here = monitor is None
         target = load_target(model, weights=weights, data=data, classes=classes,
                              novel_classes=novel_classes, data_dir=data_dir,
-                             split_seed=split_seed, device=device,
+                             split_seed=split_seed, device=device, model_args=model_args,
+                             bounds=bounds, preprocessing=preprocessing,
                              monitor=None if fitted_here else str(mon_path))  # fmt: skip
         layers = None if layer is None else ([layer] if isinstance(layer, str) else list(layer))
         if fitted_here and not layers:

@@ -12,8 +12,11 @@ options are the fields of :class:`TargetSpec`, spelled the same on the command l
 kind of model or data set, or a new option, is added here and reaches every command:
 
 - a model kind is one entry of :data:`MODEL_KINDS` (how to recognise the ``model`` string and
-  how to load it): today a boxhack model directory, ``package.module:ClassName`` with a state
-  dict, and a TorchScript file;
+  how to load it): a boxhack model directory, ``path/net.py:ClassName`` or
+  ``package.module:ClassName`` with a state dict (``--weights``, ``--model-args``), a
+  TorchScript file, a ``torch.export`` program (``.pt2``) and an ONNX file
+  (:mod:`boxhack.models.loaders`); every kind is wrapped in its input domain (``--bounds``,
+  ``--preprocessing``, :mod:`boxhack.models.domain`);
 - a data kind is one entry of :data:`DATA_KINDS` (how to recognise the ``data`` string and how
   to load it with ``classes``, ``data_dir`` and ``split_seed``): the built-in data sets, an
   ``.npz`` file, an IDX folder and an image folder (:mod:`boxhack.data.sources`);
@@ -48,7 +51,9 @@ from boxhack.data.sources import (
     load_npz,
 )
 from boxhack.errors import BoxhackError
-from boxhack.models.io import META, WEIGHTS, load_any_model, load_model
+from boxhack.models.domain import InputDomain
+from boxhack.models.io import META, WEIGHTS
+from boxhack.models.loaders import MODEL_FORMATS, load_any_model, model_kind
 from boxhack.models.zoo import NETWORKS
 from boxhack.monitor.base import Monitor, state_sha256
 from boxhack.monitor.compat import check_compatible
@@ -88,6 +93,9 @@ class TargetSpec:
     data_dir: str | None = None
     split_seed: int | None = None
     device: str = "cpu"
+    model_args: str | dict | None = None
+    bounds: str | Sequence[float] | None = None
+    preprocessing: str | dict | None = None
 
     @classmethod
     def options(cls) -> tuple[str, ...]:
@@ -99,7 +107,7 @@ class TargetSpec:
 @dataclass(frozen=True)
 class ModelKind:
     """One way to give a model: ``matches(spec)`` recognises it, ``load(spec)`` returns
-    ``(model, info)`` (``info`` as :func:`boxhack.models.io.load_any_model` returns it)."""
+    ``(model, info)`` (``info`` as :func:`boxhack.models.loaders.load_any_model` returns it)."""
 
     name: str
     describe: str
@@ -107,42 +115,19 @@ class ModelKind:
     load: Callable[[TargetSpec], tuple[nn.Module, dict]]
 
 
-def _model_path(spec: TargetSpec) -> Path:
-    return Path(str(spec.model))
+def _kind_is(name: str) -> Callable[[TargetSpec], bool]:
+    return lambda spec: model_kind(spec.model) == name
 
 
-def _is_model_dir(spec: TargetSpec) -> bool:
-    path = _model_path(spec)
-    return path.is_dir() or (path.name in (META, WEIGHTS) and path.exists())
+def _load_any(spec: TargetSpec) -> tuple[nn.Module, dict]:
+    return load_any_model(spec.model, spec.weights, model_args=spec.model_args,
+                          bounds=spec.bounds, preprocessing=spec.preprocessing)
 
 
-def _load_model_dir(spec: TargetSpec) -> tuple[nn.Module, dict]:
-    if spec.weights is not None:
-        raise BoxhackError(f"--weights is for the package.module:ClassName form; {spec.model} is "
-                           f"a boxhack model directory with its own weights")  # fmt: skip
-    return load_model(spec.model)
-
-
-def _is_class_spec(spec: TargetSpec) -> bool:
-    return ":" in str(spec.model) and not _model_path(spec).exists()
-
-
-def _is_file(spec: TargetSpec) -> bool:
-    return _model_path(spec).is_file()
-
-
-def _load_torch(spec: TargetSpec) -> tuple[nn.Module, dict]:
-    return load_any_model(spec.model, spec.weights)
-
-
-#: the kinds of model a target can be, tried in order (issue 12 adds more in front)
+#: the kinds of model a target can be, tried in order (:data:`boxhack.models.loaders.MODEL_FORMATS`)
 MODEL_KINDS: list[ModelKind] = [
-    ModelKind("boxhack", "a boxhack model directory (`boxhack train --out DIR`)", _is_model_dir,
-              _load_model_dir),
-    ModelKind("class", "package.module:ClassName with --weights STATE_DICT", _is_class_spec,
-              _load_torch),
-    ModelKind("torchscript", "a TorchScript file", _is_file, _load_torch),
-]  # fmt: skip
+    ModelKind(name, describe, _kind_is(name), _load_any) for name, describe in MODEL_FORMATS.items()
+]
 
 
 def _load_model(spec: TargetSpec) -> tuple[nn.Module, dict, str]:
@@ -207,17 +192,30 @@ def load_data(data: str, classes=None, *, data_dir: str | None = None,
 
 
 # ------------------------------------------------------------------ devices
-def resolve_device(name: str) -> str:
-    """A torch device this machine has, or a clear error."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str | None) -> str:
+    """The torch device ``name`` names on this machine: ``auto`` is ``cuda`` when CUDA is
+    available, else ``cpu``; ``cuda`` (or ``cuda:N``) without CUDA is a clear error."""
+    text = "cpu" if name is None else str(name).strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(name)
+        device = torch.device(text)
     except (RuntimeError, TypeError, ValueError):
-        raise BoxhackError(f"--device {name!r} is not a torch device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BoxhackError(f"--device {name}: CUDA is not available on this machine; use cpu")
+        raise BoxhackError(f"--device {name!r} is not a torch device; use auto, cpu or "
+                           f"cuda") from None  # fmt: skip
     if device.type not in ("cpu", "cuda"):
-        raise BoxhackError(f"--device {name}: only cpu and cuda are supported")
-    return str(name)
+        raise BoxhackError(f"--device {name}: only auto, cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BoxhackError(f"--device {name}: CUDA is not available on this machine (torch "
+                               f"{torch.__version__}); use --device cpu or auto")  # fmt: skip
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BoxhackError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                               f"CUDA device(s)")  # fmt: skip
+    return text
 
 
 # ------------------------------------------------------------------ the target
@@ -351,10 +349,12 @@ def load_target(model: str | TargetSpec, *, need_data: bool = True, **options: A
     spec = model if isinstance(model, TargetSpec) else TargetSpec(model=str(model), **options)
     if isinstance(model, TargetSpec) and options:
         spec = replace(spec, **options)
-    resolve_device(spec.device)
+    spec = replace(spec, device=resolve_device(spec.device))
     net, info, kind = _load_model(spec)
     monitor = None if spec.monitor is None else load_monitor(spec.monitor)
     dataset = _load_dataset(spec, _recorded(info, monitor), need_data)
+    if isinstance(net, InputDomain) and net.input_shape is None and dataset is not None:
+        net.input_shape = tuple(dataset.input_shape)  # one unbatched sample: a batch of one
     target = Target(spec, net, info, kind, monitor, dataset)
     target.novel = None if dataset is None else _load_novel(spec, dataset)
     check_target(target)
@@ -422,9 +422,15 @@ def model_ref(target: Target, base: str | Path | None = None) -> dict[str, str]:
             return text
         return file_ref(text, base=base, sha256="-")["path"]
 
-    return {"path": rel(target.model_name), "kind": target.kind,
-            "weights": rel(target.spec.weights), "sha256": state_sha256(target.model),
-            "hash": "state"}  # fmt: skip
+    ref = {"path": rel(target.model_name), "kind": target.kind,
+           "weights": rel(target.spec.weights), "sha256": state_sha256(target.model),
+           "hash": "state"}  # fmt: skip
+    # how it was built and its input domain (JSON values; loaded again with the same options)
+    for key in ("model_args", "bounds", "preprocessing"):
+        value = target.info.get(key)
+        if value not in (None, {}, [0.0, 1.0]):
+            ref[key] = value
+    return ref
 
 
 def load_model_ref(ref: dict, base: str | Path | None, *, allow_code: bool = False
@@ -447,7 +453,9 @@ def load_model_ref(ref: dict, base: str | Path | None, *, allow_code: bool = Fal
             return value
         return str(resolve_ref({"path": value}, base))
 
-    spec = TargetSpec(model=str(path("path")), weights=path("weights"))
+    spec = TargetSpec(model=str(path("path")), weights=path("weights"),
+                      model_args=ref.get("model_args"), bounds=ref.get("bounds"),
+                      preprocessing=ref.get("preprocessing"))
     model, info, _ = _load_model(spec)
     digest = state_sha256(model)
     if ref.get("sha256") not in (None, digest):

@@ -311,11 +311,12 @@ def test_hull_equals_independent_lp_with_flat_units_and_one_point_clusters(k):
     assert decided >= 0.8 * len(q) and 0.1 < got.mean() < 0.9
 
 
-@pytest.mark.parametrize("gamma", [1, 2, 3, 5])
+@pytest.mark.parametrize("gamma", [0, 1, 2, 3, 5])
 @pytest.mark.parametrize("d", [24, 70, 130])
 def test_pattern_pigeonhole_index_equals_brute_force(monkeypatch, gamma, d):
-    """The hash-table candidate search (gamma >= 1) against the brute force, on layers of one
-    to three 64-bit words, with it forced on (every class) and with its defaults."""
+    """The hash-table candidate search (gamma 0: one exact probe) against the brute force, on
+    layers of one to three 64-bit words, with it forced on (every class) and with its
+    defaults (and, forced off, the binary search / plain scan)."""
     from boxhack.monitor import pattern
 
     rng = np.random.default_rng(d + gamma)
@@ -329,16 +330,38 @@ def test_pattern_pigeonhole_index_equals_brute_force(monkeypatch, gamma, d):
     q[flips] = np.where(q[flips] > 0, -0.0, np.nextafter(F32(0), F32(1)))
     pred = np.where(rng.random(400) < 0.8, y[rng.integers(0, 300, 400)], rng.integers(0, 4, 400))
     want = brute_pattern_accept(x, y, q, pred, gamma)
-    for forced in (True, False):
+    for forced in (True, False, None):
         if forced:
             monkeypatch.setattr(pattern, "INDEX_MIN_PATTERNS", 0)
             monkeypatch.setattr(pattern, "INDEX_MIN_CHUNK_BITS", 1)
+        elif forced is None:  # no index: the binary search (gamma 0) or the plain scan
+            monkeypatch.setattr(pattern, "INDEX_MIN_PATTERNS", 10**9)
         m = PatternMonitor(gamma=gamma).fit_features(x, y)
-        if forced:
-            assert m.derived_["features"]["index"] is not None
+        if forced is not None:
+            assert (m.derived_["features"]["index"] is not None) or not forced
+        else:
+            assert m.derived_["features"]["index"] is None
         got = m.accepts_features(q, pred)
         np.testing.assert_array_equal(got, want, err_msg=f"forced={forced}")
         np.testing.assert_array_equal(m.decision_function(q, pred) >= 0, got)
         assert m.accepts_features(x, y).all()
         monkeypatch.undo()
 
+
+
+@pytest.mark.parametrize("d", [1, 5, 32, 63, 64, 65, 130])
+def test_pattern_packing_compiled_equals_numpy(monkeypatch, d):
+    """The compiled one-pass packing gives the words numpy's packbits gives: signed zeros and
+    the smallest subnormal included, float32 and float64."""
+    from boxhack.monitor import pattern
+
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(200, d)).astype(F32)
+    x[0], x[1], x[2, 0] = 0.0, -0.0, np.nextafter(F32(0), F32(1))
+    fast = pattern.pack_patterns(x)
+    monkeypatch.setattr(pattern, "HAVE_NUMBA", False)
+    slow = pattern.pack_patterns(x)
+    monkeypatch.undo()
+    assert fast.dtype == slow.dtype == np.uint64 and fast.shape == slow.shape
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(pattern.pack_patterns(x.astype(np.float64)), slow)

@@ -43,7 +43,7 @@ from boxhack.monitor.base import (
     fix_margin_sign,
     is_int,
 )
-from boxhack.monitor.jit import kernel, njit, prange
+from boxhack.monitor.jit import HAVE_NUMBA, kernel, njit, prange
 from boxhack.monitor.registry import register
 
 __all__ = ["PatternMonitor", "pack_patterns"]
@@ -58,6 +58,10 @@ def pack_patterns(x: np.ndarray) -> np.ndarray:
     """uint64 (N, ceil(d/64)): bit i % 64 of word i // 64 is ``[x_i > 0]`` (padding bits 0)."""
     n, d = x.shape
     words = (d + 63) // 64
+    if HAVE_NUMBA and x.dtype in (np.float32, np.float64):  # one fused pass, no bool copies
+        out = np.zeros((n, words), dtype=np.uint64)
+        _pack_rows(len(x), np.ascontiguousarray(x), out)
+        return out
     bits = np.zeros((n, words * 64), dtype=bool)
     bits[:, :d] = x > 0
     packed = np.packbits(bits, axis=1, bitorder="little")
@@ -71,6 +75,19 @@ def unpack_patterns(p: np.ndarray, d: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- kernels
+@kernel
+def _pack_rows(x, out):  # pragma: no cover - compiled
+    """out[i, j // 64] bit j % 64 = [x[i, j] > 0] (out zeroed by the caller)."""
+    n, d = x.shape
+    words = out.shape[1]
+    for i in prange(n):
+        for w in range(words):
+            word = np.uint64(0)
+            for b in range(min(64, d - 64 * w)):
+                word |= np.uint64(x[i, 64 * w + b] > 0) << np.uint64(b)
+            out[i, w] = word
+
+
 _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
@@ -151,8 +168,8 @@ def _chunk_hash(v, r, masks, j):  # pragma: no cover - compiled
 @kernel
 def _accept_indexed(q, pred, start, count, pat, gamma, masks, table, nbits, ptr,
                     ids, out):  # pragma: no cover - compiled
-    """As ``_accept`` for gamma >= 1, scanning only candidates: the d bits are split into
-    gamma + 1 chunks, so a pattern within Hamming distance gamma of q equals q on at least one
+    """As ``_accept``, scanning only candidates: the d bits are split into gamma + 1 chunks
+    (gamma 0: one chunk, so one hash probe replaces the binary search), so a pattern within Hamming distance gamma of q equals q on at least one
     chunk (pigeonhole) and lies in q's bucket of that chunk's hash table; every candidate is
     then checked exactly. Class c's table for chunk j: buckets ``ptr[table[c] + j * (2^b + 1)
     + h]`` .. ``+ 1`` (b = nbits[c]) into ``ids`` (pattern rows)."""
@@ -190,7 +207,7 @@ def build_index(pat: np.ndarray, start: np.ndarray, count: np.ndarray, d: int, g
     """The pigeonhole hash tables of :func:`_accept_indexed` (derived from the stored
     patterns, never stored), or None when chunks would be too short to select."""
     chunks = gamma + 1
-    if gamma < 1 or d // chunks < INDEX_MIN_CHUNK_BITS or count.max(initial=0) < INDEX_MIN_PATTERNS:
+    if d // chunks < INDEX_MIN_CHUNK_BITS or count.max(initial=0) < INDEX_MIN_PATTERNS:
         return None
     masks = chunk_masks(d, chunks)
     nbits = np.array([max(1, int(np.ceil(np.log2(max(2 * m, 2))))) for m in count], np.int64)

@@ -185,3 +185,15 @@ def test_audit_fits_any_abstraction(user, tmp_path, capsys):
     with pytest.raises(BoxhackError, match="gamma applies to the pattern"):
         audit("test_audit:UserNet", user["data"], "fc1", tmp_path / "g", weights=user["weights"],
               settings=AuditSettings(n=1, n_combined=0, gamma=1), progress=False)
+
+
+def test_default_budgets_follow_the_input_bounds():
+    """Budgets left unset are the [0, 1] defaults scaled by the width of the model's bounds;
+    given ones are kept as they are."""
+    s = AuditSettings().for_bounds(0.0, 255.0)
+    assert s.eps_linf == pytest.approx((12.75, 25.5, 51.0, 76.5))
+    assert s.eps_l2 == pytest.approx((127.5, 255.0, 510.0, 765.0))
+    assert s.combined_eps == pytest.approx(25.5)
+    unit = AuditSettings(eps_l2=(0.25,)).for_bounds(0.0, 1.0)
+    assert unit.eps_l2 == (0.25,) and unit.eps_linf == (0.05, 0.1, 0.2, 0.3)
+    assert unit.combined_eps == 0.1

@@ -68,9 +68,11 @@ def register(sub) -> None:
                    help="gradient steps per input of the robustness attacks (default: the "
                         "attack's, 50)")
     p.add_argument("--eps-l2", type=comma_list(float), default=None, metavar="E[,E...]",
-                   help="L2 budgets (default 0.5,1,2,3)")
+                   help="L2 budgets in input units (default 0.5,1,2,3 for inputs in [0, 1], times "
+                        "hi - lo for other --bounds)")
     p.add_argument("--eps-linf", type=comma_list(float), default=None, metavar="E[,E...]",
-                   help="Linf budgets (default 0.05,0.1,0.2,0.3)")
+                   help="Linf budgets in input units (default 0.05,0.1,0.2,0.3 for inputs in [0, 1], "
+                        "times hi - lo for other --bounds)")
     p.add_argument("--attacks", type=comma_list(), default=None, metavar="NAME[,NAME...]",
                    help="Foolbox attacks judged by the monitors (default fgsm,pgd-linf)")
     p.add_argument("--sweep-clusters", type=comma_list(int), default=None, metavar="K[,K...]",

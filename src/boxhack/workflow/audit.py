@@ -51,6 +51,7 @@ from boxhack.errors import BoxhackError
 from boxhack.infra.campaign import Job, run_campaign
 from boxhack.infra.files import atomic_write_json
 from boxhack.infra.locks import exclusive
+from boxhack.models.domain import input_bounds
 from boxhack.models.layers import collect
 from boxhack.monitor import BoxMonitor, abstraction_params, build_monitor
 from boxhack.monitor.evaluation import evaluate_novelty
@@ -62,6 +63,10 @@ __all__ = ["AuditSettings", "audit"]
 EXPERIMENT = "audit"  # rows live in OUT/audit/rows.jsonl, where `boxhack verify OUT` looks
 MONITOR_FILE = "monitor.npz"
 CONFIG_FILE = "config.json"
+
+
+UNIT_EPS_L2 = (0.5, 1.0, 2.0, 3.0)  # the default budgets for inputs in [0, 1]
+UNIT_EPS_LINF = (0.05, 0.1, 0.2, 0.3)
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,13 @@ class AuditSettings:
     sweep_tolerances: tuple[float, ...] = (0.0, 0.1, 0.25)
     goals: tuple[str, ...] = ("dos", "intrude")
     norms: tuple[str, ...] = ("l2", "linf")
-    eps_l2: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0)
-    eps_linf: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    # budgets in input units; None: these defaults for inputs in [0, 1], scaled by the width
+    # of the model's bounds (hi - lo) otherwise (Linf 0.1 of [0, 1] is 25.5 of [0, 255])
+    eps_l2: tuple[float, ...] | None = None
+    eps_linf: tuple[float, ...] | None = None
     attacks: tuple[str, ...] = ("fgsm", "pgd-linf")
     steps: int | None = None  # gradient steps per sample (default: the attack's)
-    combined_eps: float = 0.1
+    combined_eps: float | None = None  # Linf budget of the combined attack's FGSM (0.1 x width)
     seed: int = 0
     batch_size: int = 512
 
@@ -108,6 +115,16 @@ class AuditSettings:
 
     def eps(self, norm: str) -> tuple[float, ...]:
         return self.eps_linf if norm == "linf" else self.eps_l2
+
+    def for_bounds(self, lo: float, hi: float) -> AuditSettings:
+        """These settings with every budget left unset filled in for inputs in ``[lo, hi]``."""
+        w = float(hi) - float(lo)
+        return replace(
+            self,
+            eps_l2=self.eps_l2 if self.eps_l2 is not None else tuple(w * e for e in UNIT_EPS_L2),
+            eps_linf=(self.eps_linf if self.eps_linf is not None
+                      else tuple(w * e for e in UNIT_EPS_LINF)),
+            combined_eps=self.combined_eps if self.combined_eps is not None else w * 0.1)
 
 
 # ------------------------------------------------------------------ the job side
@@ -344,6 +361,7 @@ def audit(model: str, data: str | None, layer: str | list[str] | None, out: str 
                              split_seed=split_seed, device=device, model_args=model_args,
                              bounds=bounds, preprocessing=preprocessing,
                              monitor=None if fitted_here else str(mon_path))  # fmt: skip
+        s = s.for_bounds(*input_bounds(target.model))
         layers = None if layer is None else ([layer] if isinstance(layer, str) else list(layer))
         if fitted_here and not layers:
             layers = [target.info["default_layer"]] if target.info.get("default_layer") else None

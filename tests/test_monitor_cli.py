@@ -75,6 +75,17 @@ def test_monitor_fit_default_layer_and_out(run_dir, capsys):
     assert m.layers_ == ["relu2"] and m.n_clusters is None
 
 
+def test_monitor_fit_shows_progress_unless_quiet(run_dir, tmp_path, capsys):
+    """The forward pass over the training inputs shows a bar on stderr; -q silences it and the
+    fitted file is the same."""
+    args = ["monitor", "fit", "--model", str(run_dir), "--layer", "relu2", "--clusters", "1"]
+    assert main([*args, "--out", str(tmp_path / "a.npz")]) == 0
+    assert "forward pass" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b.npz"), "-q"]) == 0
+    assert "forward pass" not in capsys.readouterr().err
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
 def test_monitor_cli_errors(run_dir, tmp_path, capsys):
     assert main(["monitor", "fit", "--model", str(run_dir), "--layer", "nope",
                  "--out", str(tmp_path / "x.npz")]) == 2

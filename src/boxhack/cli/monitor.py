@@ -12,6 +12,7 @@ from pathlib import Path
 
 from boxhack.cli.common import (
     add_group,
+    add_quiet_arg,
     add_target_args,
     check_output_file,
     comma_list,
@@ -119,6 +120,7 @@ def _register_fit(msub) -> None:
     _add_batch_arg(fit)
     fit.add_argument("--out", default=None,
                      help="output .npz (default: MODEL_DIR/monitor.npz for a model directory)")
+    add_quiet_arg(fit)
     fit.set_defaults(handler=_fit)
 
 
@@ -167,7 +169,7 @@ def _fit(args) -> int:
     meta = {"model": target.model_name, "model_sha256": info.get("sha256"), "dataset": ds.name,
             "classes": list(ds.classes), "split_seed": ds.split_seed}  # fmt: skip
     monitor.fit(target.model, layers, ds.x_train, ds.y_train, batch_size=args.batch_size,
-                metadata=meta)  # fmt: skip
+                metadata=meta, progress=not args.quiet)  # fmt: skip
     path = monitor.save(out)
     _print_boxes(monitor)
     print(f"fitted on {int(monitor.n_fit_.sum())} of {len(ds.y_train)} training inputs "

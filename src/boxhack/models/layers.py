@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from boxhack.errors import BoxhackError
 from boxhack.models.domain import check_inputs, declared_input_shape, layer_root
@@ -145,8 +146,10 @@ def collect(
     *,
     batch_size: int = 1024,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Batched no-grad forward: ``(predictions (N,), {layer: float32 (N, d)})`` as numpy."""
+    """Batched no-grad forward: ``(predictions (N,), {layer: float32 (N, d)})`` as numpy
+    (``progress``: a bar over the inputs on stderr)."""
     if device is None:
         device = _device(model)
     x_all = as_inputs(model, inputs)
@@ -155,13 +158,16 @@ def collect(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), tap(model, layers) as store:
+        with (torch.no_grad(), tap(model, layers) as store,
+              tqdm(total=len(x_all), desc="forward pass", unit="input", disable=not progress,
+                   leave=False) as bar):
             for start in range(0, len(x_all), batch_size):
                 xb = x_all[start : start + batch_size].to(device)
                 logits = model(xb)
                 preds.append(logits.argmax(1).cpu().numpy())
                 for name in layers:
                     feats[name].append(store[name].float().cpu().numpy())
+                bar.update(len(xb))
     finally:
         model.train(was_training)
     n_out = {name: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for name, v in feats.items()}

@@ -594,13 +594,14 @@ class Monitor:
 
     def fit(self, model: nn.Module, layers: str | Sequence[str], inputs: Any,
             labels: Any = None, batch_size: int = 1024, *, metadata: dict | None = None,
-            model_sha256: str | None = None) -> Self:
+            model_sha256: str | None = None, progress: bool = False) -> Self:
         """Fit on a model: run ``inputs`` through ``model`` (batched, no grad, eval mode) and
         fit on the vectors of ``layers`` (a module path or a list of them). ``inputs`` is an
         array with ``labels`` beside it, or an iterable of ``(x, y)`` batches (a
         ``torch.utils.data.DataLoader``) with ``labels=None``. Records the
         model's :func:`state_sha256` as ``metadata_["model_state_sha256"]``, so that
-        :func:`~boxhack.monitor.compat.check_compatible` can tell another model apart."""
+        :func:`~boxhack.monitor.compat.check_compatible` can tell another model apart.
+        ``progress``: a bar over the forward pass on stderr."""
         names = self._layer_names(model, layers)
         if labels is None:
             inputs, labels = batches_to_arrays(inputs)
@@ -609,7 +610,7 @@ class Monitor:
             raise BoxhackError(f"got {len(inputs)} inputs but {len(labels_np)} labels")
         if len(labels_np) == 0:
             raise BoxhackError("cannot fit a monitor on 0 inputs")
-        pred, feats = collect(model, names, inputs, batch_size=batch_size)
+        pred, feats = collect(model, names, inputs, batch_size=batch_size, progress=progress)
         meta = dict(metadata or {})
         meta.setdefault("model_state_sha256", state_sha256(model))
         self.fit_features(feats, labels_np, pred, metadata=meta, model_sha256=model_sha256)

@@ -300,7 +300,7 @@ def _fit_monitor(target: Target, layer: list[str], s: AuditSettings, path: Path,
     meta = {"model": target.model_name, "model_sha256": target.info.get("sha256"),
             "dataset": ds.name, "classes": list(ds.classes), "split_seed": ds.split_seed}
     monitor.fit(target.model, layer, ds.x_train, ds.y_train, batch_size=s.batch_size,
-                metadata=meta)  # fmt: skip
+                metadata=meta, progress=progress)  # fmt: skip
     monitor.save(path)
     return monitor
 

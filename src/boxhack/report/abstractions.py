@@ -61,7 +61,7 @@ def draw(config: dict, rows: list[dict], summary: dict, exp_dir: Path) -> list[d
         return []
     if not panels:
         panels = [("incorrect_accepted", "Incorrect predictions accepted (10-class)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
         budget = key.endswith("budget50")
         finite = [h[key] for h in heads if budget and h.get(key) is not None]
@@ -74,10 +74,6 @@ def draw(config: dict, rows: list[dict], summary: dict, exp_dir: Path) -> list[d
                        s=70, color=COLORS.get(h["abstraction"], "0.3"),
                        alpha=0.85 if h["tolerance"] == 0 else 0.4,
                        edgecolors="black" if never else "none", label=_label(h))  # fmt: skip
-            ax.annotate(NAMES.get(h["abstraction"], h["abstraction"])
-                        + ("" if h["tolerance"] == 0 else f" {h['tolerance']:g}"),
-                        (h["auroc_novel"], y), textcoords="offset points", xytext=(5, 4),
-                        fontsize=8)  # fmt: skip
         if budget:
             ax.axhline(top, color="0.7", lw=0.8, ls=":")
             ax.text(ax.get_xlim()[0], top, " never reached 50%", fontsize=7, va="bottom",
@@ -86,7 +82,17 @@ def draw(config: dict, rows: list[dict], summary: dict, exp_dir: Path) -> list[d
         ax.set_ylabel(title.split(": ", 1)[1])
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    # one legend for all panels (marker and colour per abstraction, paler = larger tolerance):
+    # points of close abstractions overlap, text labels beside them would too
+    by_name: dict = {}
+    for ax in axes[0]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            by_name.setdefault(name, handle)
+    names = sorted(by_name, key=lambda n: [_label(h) for h in heads].index(n))
+    handles = [by_name[n] for n in names]
+    fig.legend(handles, names, loc="lower center", ncol=min(7, len(names)), fontsize=8,
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(names) - 1) // 7), 1, 1))
     save_png(fig, Path(exp_dir) / "abstractions.png")
     plt.close(fig)
     tols = sorted({h["tolerance"] for h in heads})

@@ -20,7 +20,7 @@ def xor(tmp_path_factory):
 
     model, monitor, _info, dataset = prepare_monitor("xor", tmp_path_factory.mktemp("xor"))
     scaled = InputDomain(model, bounds=(0, 255), preprocessing={"mean": [0.0], "std": [255.0]})
-    pred, acc = monitor.predict(model, dataset.x_test)
+    _, acc = monitor.predict(model, dataset.x_test)
     return model, scaled, monitor, dataset, acc
 
 

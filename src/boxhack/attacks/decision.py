@@ -25,9 +25,9 @@ import numpy as np
 
 from boxhack.attacks import starts as _starts
 from boxhack.attacks.adversarial import FoolboxAttack, blended_noise_starts, get_spec
-from boxhack.attacks.starts import HARDEN_STEPS, START_METHODS, harden, pull_towards
 from boxhack.attacks.base import labels_or_predictions
 from boxhack.attacks.records import fit_to_budget
+from boxhack.attacks.starts import HARDEN_STEPS, START_METHODS, harden, pull_towards
 from boxhack.attacks.verify import AttackResult, as_batch, verify
 from boxhack.errors import BoxhackError
 from boxhack.models.domain import DEFAULT_BOUNDS, input_bounds, unit_domain

@@ -542,7 +542,7 @@ def _run_decision(atk, fmodel, model, monitor, x0, y, crit, goal, eps_list, *,
     4. the hardened points are clipped to each epsilon (Foolbox's own clipping).
     """
     if starting_points is not None:
-        starts = as_batch(starting_points, "starting_points")
+        starts = as_batch(starting_points, "starting_points", bounds=input_bounds(model))
         if starts.shape != x0.shape:
             raise BoxhackError(
                 f"starting_points have shape {starts.shape}, the inputs {x0.shape}; give one "
@@ -567,7 +567,8 @@ def _run_decision(atk, fmodel, model, monitor, x0, y, crit, goal, eps_list, *,
         _, xpcs, _ = atk(fmodel, x_t, sub_crit, epsilons=[None], starting_points=s_t)
         raw = x0.copy()
         raw[idx] = _to_np(xpcs[0])
-        raw, t_used = harden(raw, starts, found, crit.decide, crit.decide_each)
+        raw, t_used = harden(raw, starts, found, crit.decide, crit.decide_each,
+                             bounds=input_bounds(model))
         extra["harden_t"] = [None if not np.isfinite(t) else float(t) for t in t_used]
         x0_t = ep.astensor(torch.as_tensor(x0, device=dev))
         raw_t = ep.astensor(torch.as_tensor(raw, device=dev))

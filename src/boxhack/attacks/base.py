@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # annotations only: the attacks need nothing of the monitor p
     from boxhack.monitor.base import Monitor
 
 __all__ = ["GOALS", "PAPER_ALIASES", "Attack", "as_labels", "check_options",
-           "labels_or_predictions", "require_unit_bounds", "resolve_goal"]
+           "labels_or_predictions", "resolve_goal"]
 
 #: the paper's names for the goals (Hajj Ibrahim & Nassar, section 3)
 PAPER_ALIASES: dict[str, str] = {"1": "dos", "2": "intrude", "2-any": "intrude-any"}
@@ -161,17 +161,6 @@ def as_labels(labels: Any, n: int) -> np.ndarray | None:
                                  and np.all(arr == np.round(arr)))):
         raise BoxhackError(f"labels must be {n} integer class indices, got {arr!r:.80}")
     return arr.astype(np.int64)
-
-
-def require_unit_bounds(model: nn.Module, who: str) -> None:
-    """Refuse, in one line, a model whose input bounds are not [0, 1] for an attack that
-    searches the unit box only (the gradient and Foolbox attacks take any bounds)."""
-    lo, hi = input_bounds(model)
-    if (lo, hi) != (0.0, 1.0):
-        raise BoxhackError(f"{who} searches inputs in [0, 1] only and this model's input bounds "
-                           f"are [{lo:g}, {hi:g}]; use the gradient or Foolbox attacks, or give "
-                           f"the model [0, 1] inputs (--preprocessing can rescale inside "
-                           f"it)")  # fmt: skip
 
 
 def labels_or_predictions(model: nn.Module, monitor: Monitor, inputs: Any, labels: Any) -> Any:

@@ -25,9 +25,12 @@ import numpy as np
 
 from boxhack.attacks import starts as _starts
 from boxhack.attacks.adversarial import FoolboxAttack, blended_noise_starts, get_spec
+from boxhack.attacks.base import labels_or_predictions
+from boxhack.attacks.records import fit_to_budget
 from boxhack.attacks.starts import HARDEN_STEPS, START_METHODS, harden, pull_towards
-from boxhack.attacks.verify import AttackResult
+from boxhack.attacks.verify import AttackResult, as_batch, verify
 from boxhack.errors import BoxhackError
+from boxhack.models.domain import DEFAULT_BOUNDS, input_bounds, unit_domain
 
 __all__ = ["DECISION_ATTACKS", "HARDEN_STEPS", "START_METHODS", "DecisionOnlyAttack",
            "decision_attack", "find_starting_points", "harden", "pull_towards"]
@@ -74,8 +77,12 @@ class DecisionOnlyAttack(FoolboxAttack):
 
     def sweep(self, model, monitor, inputs, labels=None, epsilons=None, *, goal=None,
               starts=None, pool=None, targets=None) -> list[AttackResult]:
-        results = super().sweep(model, monitor, inputs, labels, epsilons, goal=goal,
-                                starts=starts, pool=pool, targets=targets)  # fmt: skip
+        if targets is None and input_bounds(model) != DEFAULT_BOUNDS:
+            results = self._sweep_rescaled(model, monitor, inputs, labels, epsilons, goal,
+                                           starts, pool)  # fmt: skip
+        else:
+            results = super().sweep(model, monitor, inputs, labels, epsilons, goal=goal,
+                                    starts=starts, pool=pool, targets=targets)  # fmt: skip
         for result in results:
             info = result.info
             # the criterion counted the attack's and the start search's queries; add the
@@ -84,6 +91,40 @@ class DecisionOnlyAttack(FoolboxAttack):
             info["queries"] = (info["attack_queries"] + int(info.get("pool_queries", 0))
                                + int(info.get("noise_queries", 0)))  # fmt: skip
         return results
+
+    def _sweep_rescaled(self, model, monitor, inputs, labels, epsilons, goal, starts, pool
+                        ) -> list[AttackResult]:
+        """A model with bounds (lo, hi) other than (0, 1) (Foolbox's HopSkipJump clips to
+        [0, 1] whatever the model's bounds): attack it in the unit box
+        (:func:`~boxhack.models.domain.unit_domain`, budgets divided by ``hi - lo``), map each
+        perturbation back (pixels the attack left alone stay bit for bit), fit it to the
+        budget in the user's space and verify there: successes and norms are the user's."""
+        lo, hi = input_bounds(model)
+        scale = hi - lo
+        x0 = as_batch(inputs, "inputs", bounds=(lo, hi))
+
+        def to_unit(a, what: str):
+            a = as_batch(a, what, x0.shape[1:], (lo, hi))
+            return ((a.astype(np.float64) - lo) / scale).clip(0, 1).astype(np.float32)
+
+        labels = labels_or_predictions(model, monitor, x0, labels)
+        eps = [self.epsilon] if epsilons is None else list(epsilons)
+        u_eps = [None if e is None else float(e) / scale for e in eps]
+        u0 = to_unit(x0, "inputs")
+        res = super().sweep(unit_domain(model), monitor, u0, labels, u_eps, goal=goal,
+                            starts=None if starts is None else to_unit(starts, "starts"),
+                            pool=None if pool is None else to_unit(pool, "pool"))  # fmt: skip
+        out = []
+        for e, r in zip(eps, res):
+            moved = r.x.astype(np.float64) - u0.astype(np.float64)
+            x = np.clip(x0.astype(np.float64) + scale * moved, lo, hi).astype(np.float32)
+            x = np.where(moved == 0, x0, x)
+            if e is not None:
+                x = fit_to_budget(x0, x, self.spec.norm, e)
+            info = {**r.info, "epsilon": e, "bounds": [lo, hi],
+                    "budget": None if e is None else {"norm": self.spec.norm, "eps": float(e)}}
+            out.append(verify(model, monitor, x0, x, r.goal, labels=r.labels, info=info))
+        return out
 
 
 def decision_attack(

@@ -45,6 +45,12 @@ further along its direction from the start) are checked with the exact float32 m
 monitor, and the closest one that meets the goal is returned. The final word is
 :func:`boxhack.attacks.verify.verify`: nothing counts as a success unless it passes there.
 
+Input bounds: the solvers search the unit box. A model with other bounds ``(lo, hi)``
+(:class:`~boxhack.models.domain.InputDomain`) is solved through
+:func:`~boxhack.models.domain.unit_domain` and each perturbation mapped back (times ``hi - lo``;
+pixels left alone stay bit for bit); :func:`~boxhack.attacks.verify.verify` then decides in the
+user's space, so successes and norms are the user's (``info["bounds"]`` says so).
+
 Outcomes per sample (``result.info["outcome"]``): ``"success"`` (verified), ``"failed"`` (the
 solver ended, or its budget was spent, without a verified attack), ``"timeout"`` (killed by the
 safety net), ``"out-of-memory"``, ``"error"``.
@@ -71,11 +77,12 @@ from scipy.optimize import (
     shgo,
 )
 
-from boxhack.attacks.base import Attack, check_options, require_unit_bounds
+from boxhack.attacks.base import Attack, check_options
 from boxhack.attacks.subspace import make_space, parse_space
 from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
 from boxhack.infra.sandbox import Outcome, SandboxPool, Task, TaskContext, shared_pool
+from boxhack.models.domain import DEFAULT_BOUNDS, input_bounds, unit_domain
 
 __all__ = ["ENCODINGS", "GOALS", "NORMS", "OUTCOMES", "SOLVERS", "OptimisationAttack",
            "n_variables", "optimise_attack", "solver_settings"]
@@ -165,7 +172,6 @@ class OptimisationAttack(Attack):
             goal: str | None = None, train_inputs=None, input_shape=None,
             **options) -> AttackResult:
         check_options(type(self).__name__, options, ("train_inputs", "input_shape"))
-        require_unit_bounds(model, f"the SciPy attack {type(self).__name__}")
         if targets is not None:
             raise BoxhackError(f"{type(self).__name__} takes no targets (its goals: "
                                f"{', '.join(self.goals)})")
@@ -183,6 +189,10 @@ class OptimisationAttack(Attack):
         if not getattr(monitor, "is_fitted", True):
             raise BoxhackError("the monitor is not fitted; fit it or load one with "
                                "boxhack.monitor.load_monitor")
+        if input_bounds(model) != DEFAULT_BOUNDS:
+            return self._attack_rescaled(model, monitor, x0, labels=labels, starts=starts,
+                                         train_inputs=train_inputs, input_shape=input_shape,
+                                         strict=strict)  # fmt: skip
         model.eval()
         x0_arr, shape = _as_inputs(model, x0, input_shape)
         n = len(x0_arr)
@@ -223,6 +233,56 @@ class OptimisationAttack(Attack):
             budget={"max_evals": self.max_evals, "solver": settings, "n_variables": nv},
         )  # fmt: skip
         return result
+
+    def _attack_rescaled(self, model, monitor, x0, *, labels, starts, train_inputs,
+                         input_shape, strict: bool) -> AttackResult:
+        """A model with bounds (lo, hi) other than (0, 1): solve in the unit box
+        (:func:`~boxhack.models.domain.unit_domain`: ``u = (x - lo) / (hi - lo)``), map each
+        perturbation back (pixels the solver left alone stay bit for bit), and verify in the
+        user's space with the user's model: successes and norms are the user's. A point that
+        met the goal in the unit box but not after the mapping (float rounding on a face) is
+        pushed slightly further along its direction (:data:`PUSHES`), checked there too."""
+        lo, hi = input_bounds(model)
+        scale = hi - lo
+        model.eval()
+        x0_arr, shape = _as_inputs(model, x0, input_shape, bounds=(lo, hi))
+
+        def to_unit(a: np.ndarray) -> np.ndarray:
+            return ((a.astype(np.float64) - lo) / scale).clip(0, 1).astype(np.float32)
+
+        u0 = to_unit(x0_arr)
+        us = None if starts is None else to_unit(as_batch(starts, "starts", shape, (lo, hi)))
+        ut = None if train_inputs is None else to_unit(np.asarray(train_inputs, np.float32))
+        res = self._attack(unit_domain(model), monitor, u0, labels=labels, starts=us,
+                           train_inputs=ut, input_shape=shape, strict=strict)  # fmt: skip
+        moved = res.x.astype(np.float64) - u0.astype(np.float64)
+        x = np.clip(x0_arr.astype(np.float64) + scale * moved, lo, hi).astype(np.float32)
+        x = np.where(moved == 0, x0_arr, x)
+        labels_arr = res.labels
+        pred0, acc0 = monitor.predict(model, x0_arr)
+        out = verify(model, monitor, x0_arr, x, self.goal, labels=labels_arr, pred0=pred0,
+                     accepted0=acc0)  # fmt: skip
+        lost = res.success & ~out.success
+        for t in PUSHES[1:]:
+            if not lost.any():
+                break
+            rows = np.flatnonzero(lost)
+            d = x[rows].astype(np.float64) - x0_arr[rows].astype(np.float64)
+            push = np.clip(x0_arr[rows] + (1.0 + t) * d, lo, hi).astype(np.float32)
+            push = np.where(d == 0, x0_arr[rows], push)
+            cand = verify(model, monitor, x0_arr[rows], push, self.goal,
+                          labels=None if labels_arr is None else labels_arr[rows],
+                          pred0=np.asarray(pred0)[rows], accepted0=np.asarray(acc0)[rows])
+            x[rows[cand.success]] = push[cand.success]
+            lost[rows[cand.success]] = False
+        out = verify(model, monitor, x0_arr, x, self.goal, labels=labels_arr, pred0=pred0,
+                     accepted0=acc0)  # fmt: skip
+        outcome = list(res.info["outcome"])
+        for i, o in enumerate(outcome):  # the user's space decides (a kill stays a kill)
+            if o in ("success", "failed"):
+                outcome[i] = "success" if out.success[i] else "failed"
+        out.info.update(res.info, outcome=outcome, bounds=[lo, hi])
+        return out
 
     def _tasks(self, model, monitor, x0_arr, starts_arr, pred0, labels_eff, todo,
                train_inputs, settings: dict) -> list[Task]:
@@ -276,7 +336,8 @@ def optimise_attack(
 
     The functional form of :class:`OptimisationAttack` (the arguments are documented there),
     with one difference: every input must be attackable. ``x0`` may be one input or a batch
-    ``(N, *input_shape)``, values in [0, 1].
+    ``(N, *input_shape)``, values within the model's input bounds
+    (:func:`~boxhack.models.domain.input_bounds`, [0, 1] unless declared).
 
     Raises:
         BoxhackError: bad names, shapes or values, or ``x0`` already in the goal's end state
@@ -389,15 +450,17 @@ def _check_start_state(goal: str, acc0: np.ndarray) -> None:
         )
 
 
-def _as_inputs(model, x0, input_shape) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Validate ``x0`` and return it as a float32 batch plus the per-sample shape."""
+def _as_inputs(model, x0, input_shape, bounds: tuple[float, float] = DEFAULT_BOUNDS
+               ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Validate ``x0`` (within ``bounds``) and return it as a float32 batch plus the
+    per-sample shape."""
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
-        return as_batch(x0, "x0", shape), shape
+        return as_batch(x0, "x0", shape, bounds), shape
     arr = x0.detach().cpu().numpy() if isinstance(x0, torch.Tensor) else np.asarray(x0)
     if arr.ndim == 0:
         raise BoxhackError("x0 must be an input or a batch of inputs, got a scalar")
-    arr = as_batch(arr if arr.ndim > 1 else arr[None], "x0")
+    arr = as_batch(arr if arr.ndim > 1 else arr[None], "x0", bounds=bounds)
     # Which reading does the model accept: a batch of arr.shape[1:] or one input of arr.shape?
     candidates = [arr] if np.ndim(x0) == 1 else [arr, arr[None]]
     errors = []

@@ -154,7 +154,10 @@ def fit_to_budget(x0: np.ndarray, x: np.ndarray, norm: str, eps) -> np.ndarray:
         y = np.empty_like(a32)
         todo = np.ones(len(over), dtype=bool)
         while todo.any():  # shrink reaches 1 (y = x0) after at most ~24 passes
-            y[todo] = np.clip(a[todo] + t[todo, None] * (b[todo] - a[todo]), 0, 1).astype(np.float32)
+            # between x0 and x (so inside any input bounds both respect), float64 rounding aside
+            y[todo] = np.clip(a[todo] + t[todo, None] * (b[todo] - a[todo]),
+                              np.minimum(a[todo], b[todo]),
+                              np.maximum(a[todo], b[todo])).astype(np.float32)
             todo = norm_of(a32, y, norm) > e
             t[todo] *= 1 - shrink[todo]
             shrink[todo] = np.minimum(shrink[todo] * 4, 1.0)

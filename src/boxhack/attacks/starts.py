@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from boxhack.attacks.base import require_unit_bounds
 from boxhack.attacks.verify import as_batch
 from boxhack.errors import BoxhackError
+from boxhack.models.domain import DEFAULT_BOUNDS, input_bounds
 
 __all__ = ["HARDEN_STEPS", "START_GOALS", "START_METHODS", "find_starting_points",
            "goal_decider", "goal_decider_each", "harden", "pull_towards"]
@@ -106,13 +106,16 @@ def pull_towards(
     *,
     grid: int = 10,
     refine_steps: int = 8,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Move valid starts towards ``x0`` along the segment (see the module docstring, step 2).
 
     ``decide`` takes a batch with the rows of ``x0`` (same order and size) and says where the
     goal holds. Returns ``(starts, found, queries)``; a start whose goal fails on
-    re-check is dropped from ``found``.
+    re-check is dropped from ``found``. Points are clipped to ``bounds`` (the model's input
+    bounds; the segment lies inside them, the clip only catches rounding).
     """
+    b_lo, b_hi = (np.float32(b) for b in bounds)
     n = len(x0)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     delta = starts - x0
@@ -122,7 +125,7 @@ def pull_towards(
         # t == 1 is the start itself, exactly: x0 + (s - x0) is not s in float32, and pool
         # images are often ON a box face (training vectors span the tight boxes)
         t = t.reshape(shape).astype(np.float32)
-        return np.where(t >= 1, starts, np.clip(x0 + t * delta, 0.0, 1.0)).astype(np.float32)
+        return np.where(t >= 1, starts, np.clip(x0 + t * delta, b_lo, b_hi)).astype(np.float32)
 
     hi = np.ones(n)
     ok1 = decide(at(hi))
@@ -159,6 +162,7 @@ def harden(
     decide: Decide,
     decide_each: DecideEach,
     steps=HARDEN_STEPS,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Move boundary points into the goal's region, robustly to how they are batched.
 
@@ -166,7 +170,9 @@ def harden(
     ``x + t (start - x)`` meets the goal both in a batch of all rows (``decide``) and
     alone (``decide_each(x_rows, row_indices)``); ``t = 1`` is the start itself. Returns
     ``(points, t)`` with ``t = nan`` for rows not in ``mask`` or never satisfied (kept as is).
+    Points are clipped to ``bounds`` (the model's input bounds).
     """
+    b_lo, b_hi = (np.float32(b) for b in bounds)
     shape = (-1,) + (1,) * (x.ndim - 1)
     out = x.copy()
     t_used = np.full(len(x), np.nan)
@@ -177,7 +183,7 @@ def harden(
         if t >= 1:
             moved = starts
         else:
-            moved = np.clip(x + np.float32(t) * (starts - x), 0.0, 1.0).astype(np.float32)
+            moved = np.clip(x + np.float32(t) * (starts - x), b_lo, b_hi).astype(np.float32)
         cand = np.where(todo.reshape(shape), moved, out)
         rows = np.flatnonzero(todo & decide(cand))
         if len(rows):
@@ -233,8 +239,8 @@ def find_starting_points(
     if method == "noise" and noise is None:
         raise BoxhackError("start method 'noise' needs a noise search (noise=); "
                            "boxhack.attacks.decision.find_starting_points gives Foolbox's")
-    require_unit_bounds(model, "the decision attacks' starting points")
-    x0 = as_batch(inputs, "inputs")
+    bounds = input_bounds(model)
+    x0 = as_batch(inputs, "inputs", bounds=bounds)
     y = np.asarray(labels, dtype=np.int64)
     if len(y) != len(x0):
         raise BoxhackError(f"got {len(x0)} inputs but {len(y)} labels")
@@ -256,7 +262,8 @@ def find_starting_points(
     info: dict[str, Any] = {"pool_queries": 0, "search_queries": 0, "noise_queries": 0}
     if method in ("auto", "dataset"):
         info["pool_queries"] = _pool_starts(model, monitor, x0, y, goal, pool, robust, starts,
-                                            found, source, candidates, grid, refine_steps)
+                                            found, source, candidates, grid, refine_steps,
+                                            bounds)  # fmt: skip
     if method in ("auto", "noise") and noise is not None and not found.all():
         info["noise_queries"] = _noise_starts(noise, model, monitor, x0, y, goal, starts, found,
                                               source, noise_directions, seed)  # fmt: skip
@@ -271,11 +278,12 @@ def find_starting_points(
 
 
 def _pool_starts(model, monitor, x0, y, goal, pool, robust: Decide, starts, found, source,
-                 candidates: int, grid: int, refine_steps: int) -> int:
+                 candidates: int, grid: int, refine_steps: int,
+                 bounds: tuple[float, float] = DEFAULT_BOUNDS) -> int:
     """Step 1-2 of the module docstring, in place on ``starts``, ``found`` and ``source``:
     the nearest pool images meeting the goal, pulled towards the inputs. Returns the number
     of pool queries."""
-    pool_x = x0 if pool is None else as_batch(pool, "pool", x0.shape[1:])
+    pool_x = x0 if pool is None else as_batch(pool, "pool", x0.shape[1:], bounds)
     pred_p, acc_p = monitor.predict(model, pool_x)
     allowed = np.asarray(pred_p)[None, :] != y[:, None]
     if goal == "combined":
@@ -290,7 +298,7 @@ def _pool_starts(model, monitor, x0, y, goal, pool, robust: Decide, starts, foun
         cand = np.where(todo.reshape((-1,) + (1,) * (x0.ndim - 1)),
                         pool_x[np.maximum(ranked[:, r], 0)], x0)  # fmt: skip
         pulled, ok, _ = pull_towards(x0, cand, todo, robust, grid=grid,
-                                     refine_steps=refine_steps)  # fmt: skip
+                                     refine_steps=refine_steps, bounds=bounds)  # fmt: skip
         starts[ok] = pulled[ok]
         found |= ok
         source[ok] = "dataset"

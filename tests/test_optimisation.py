@@ -7,7 +7,6 @@ No test asserts that something took less than N seconds; "did not hang" bounds a
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -29,7 +28,6 @@ from boxhack.monitor import BoxMonitor
 
 GRID = 801  # brute-force resolution on [0, 1]^2 (step 1/800)
 NET = 300.0  # safety net of the solves here: far above their normal run time (< 1 s each)
-HANG = 120.0  # a generous "it did not hang" bound
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +198,8 @@ def test_the_safety_net_kills_a_runaway_solve_and_reports_its_true_evaluations(x
     model, _, dataset, _ = xor
     wide = _wide_monitor(model, dataset)
     x0 = dataset.x_test[:1]
-    start = time.monotonic()
     r = optimise_attack(model, wide, x0, goal="dos", solver="de", time_limit=3.0,
                         solver_options={"maxiter": 10**9, "tol": 0.0, "atol": 0.0})  # fmt: skip
-    assert time.monotonic() - start < HANG
     assert r.info["outcome"] == ["timeout"]
     assert r.info["stopped_by"] == ["safety-net"]
     assert "safety net" in r.info["message"][0]

@@ -10,7 +10,6 @@ No test asserts that something took less than N seconds; "did not hang" bounds a
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from boxhack.infra.sandbox import SandboxPool, Task, run_task
 
 TESTS_DIR = Path(__file__).resolve().parent
 NET = 300.0  # safety net of tasks that return by themselves
-HANG = 120.0  # a generous "it did not hang" bound
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +32,12 @@ def test_sandbox_kills_a_solve_stuck_in_c_code_and_keeps_its_best_point():
     """A task stuck in C code (like qhull) is killed by the safety net; the value it reported
     and the count it stored before come back; the pool carries on with a fresh worker."""
     with SandboxPool(1) as pool:
-        start = time.monotonic()
         out = pool.run([
             Task("sandbox_tasks:report_then_sleep_task",
                  {"report": [1.0, 2.0], "count": 1234, "sleep": 600}, time_limit=2.0),
             Task("sandbox_tasks:sleep_task", 0.01, time_limit=NET),
         ])  # fmt: skip
-        assert time.monotonic() - start < HANG  # killed, not slept for 600 s
-    assert out[0].status == "timeout"
+    assert out[0].status == "timeout"  # killed, not slept for 600 s (that would end "ok")
     assert "safety net" in out[0].message
     assert out[0].progress == [1.0, 2.0]
     assert out[0].count == 1234

@@ -57,7 +57,14 @@ from boxhack.data import load_dataset
 from boxhack.data.sampling import sample_balanced
 from boxhack.errors import BoxhackError
 from boxhack.experiments.prepared import PAPER_NETWORKS, prepare_model
-from boxhack.experiments.spec import Experiment, Option, RunContext, Settings, option_values
+from boxhack.experiments.spec import (
+    Experiment,
+    Option,
+    RunContext,
+    Settings,
+    option_values,
+    rows_record,
+)
 from boxhack.infra.campaign import Job
 from boxhack.models.io import load_model
 from boxhack.models.layers import collect
@@ -670,7 +677,7 @@ def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
     cells = {"detect": _detect_cells(by["detect"] + by["novelty"]),
              "gradient": _gradient_cells(by["gradient"]), "fig8": _fig8_cells(by["fig8"]),
              "combined": _combined_cells(by["combined"])}  # fmt: skip
-    errors = [r for r in rows if r.get("status") != "ok"]
+    timing, failed = rows_record(rows)
     heads = headline(cells)
     summary = {
         "name": NAME,
@@ -678,11 +685,10 @@ def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
         "cells": cells,
         "headline": heads,
         "tables": [_headline_table(heads), *_tables(cells, config)],
-        "timing": {"wall_s": float(sum(r.get("wall_s") or 0 for r in rows)), "jobs": len(rows),
-                   "errors": len(errors)},
+        "timing": timing,
     }  # fmt: skip
-    if errors:
-        summary["errors"] = [{"key": r["key"], "error": r.get("error")} for r in errors]
+    if failed:
+        summary["errors"] = failed
     return summary
 
 

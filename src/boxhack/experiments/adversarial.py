@@ -36,7 +36,14 @@ from boxhack.experiments.prepared import (
     prepare_model,
     prepare_monitor,
 )
-from boxhack.experiments.spec import Experiment, Option, RunContext, Settings, option_values
+from boxhack.experiments.spec import (
+    Experiment,
+    Option,
+    RunContext,
+    Settings,
+    option_values,
+    rows_record,
+)
 from boxhack.infra.campaign import Job
 from boxhack.models.layers import collect
 from boxhack.monitor import BoxMonitor
@@ -308,7 +315,7 @@ def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
     """Summary data from the rows of this configuration: the cells (per attack, criterion and
     budget: flips and acceptances per monitor), the tables, and the timing."""
     ok = [r for r in rows if r.get("status") == "ok"]
-    errors = [r for r in rows if r.get("status") != "ok"]
+    timing, failed = rows_record(rows)
     if not ok:
         raise BoxhackError(f"{ctx.exp_dir(NAME) / 'rows.jsonl'} has no finished rows of this "
                            f"configuration; run the experiment first")  # fmt: skip
@@ -330,11 +337,10 @@ def summarise(config: dict, rows: list[dict], ctx: RunContext) -> dict:
         "default_monitor": dm,
         "cells": all_cells,
         "tables": _tables(plain, comb, monitors, attacked, dm, ok),
-        "timing": {"wall_s": float(sum(r["wall_s"] for r in rows)), "jobs": len(rows),
-                   "errors": len(errors)},
+        "timing": timing,
     }  # fmt: skip
-    if errors:
-        summary["errors"] = [{"key": r["key"], "error": r.get("error")} for r in errors]
+    if failed:
+        summary["errors"] = failed
     return summary
 
 

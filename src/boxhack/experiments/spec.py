@@ -56,6 +56,7 @@ __all__ = [
     "load_config_and_rows",
     "load_timing",
     "option_values",
+    "rows_record",
     "run_experiment",
     "run_jobs",
     "start_run",
@@ -340,6 +341,15 @@ def load_config_and_rows(experiment: Experiment, ctx: RunContext) -> tuple[dict,
     if not isinstance(config["keys"], list):
         raise BoxhackError(f"{path} is not an experiment configuration (its keys are not a list)")
     return config, [latest[k] for k in config["keys"] if k in latest]
+
+
+def rows_record(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[dict]]:
+    """The campaign's own numbers for a summary: ``({"wall_s", "jobs", "errors"}, [{"key",
+    "error"} of every job that did not end ok])``."""
+    failed = [{"key": r["key"], "error": r.get("error")} for r in rows if r.get("status") != "ok"]
+    timing = {"wall_s": float(sum(r.get("wall_s") or 0 for r in rows)), "jobs": len(rows),
+              "errors": len(failed)}
+    return timing, failed
 
 
 def load_timing(exp_dir: str | Path) -> dict[str, list[dict[str, Any]]]:

@@ -7,12 +7,9 @@ a whole new attack family in under 50 lines, conforming to the protocol.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from toy_nets import tiny_relu_mlp  # tests/ is on sys.path
 
 from boxhack import attacks
 from boxhack.attacks import Attack, verify
@@ -50,29 +47,12 @@ class RandomNoiseAttack(Attack):
 
 
 # ----------------------------------------------------------------------- fixtures
-SHAPE = (1, 6, 6)
 
 
 @pytest.fixture(scope="module")
 def setup():
     """A tiny ReLU MLP on 6x6 inputs with a box monitor and a mean-ball monitor."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(36, 3)).astype(np.float32)
-    x = rng.random((700, *SHAPE), dtype=np.float32)
-    y = ((x.reshape(len(x), -1) - 0.5) @ w).argmax(1)
-    net = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(36, 24), relu1=nn.ReLU(), fc2=nn.Linear(24, 12),
-        relu2=nn.ReLU(), fc3=nn.Linear(12, 3),
-    ))  # fmt: skip
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    xt, yt = torch.as_tensor(x[:500]), torch.as_tensor(y[:500])
-    with torch.random.fork_rng():
-        for _ in range(150):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(xt), yt).backward()
-            opt.step()
-    net.eval()
+    net, x, y = tiny_relu_mlp(700)
     box = BoxMonitor(n_clusters=1).fit(net, ["relu2"], x[:500], y[:500])
     ball = MeanBallMonitor(n_clusters=2).fit(net, ["relu2"], x[:500], y[:500])
     return {"model": net, "box": box, "ball": ball, "x": x[500:530], "y": y[500:530]}

@@ -10,12 +10,10 @@ every budget is checked exactly (float32 values, float64 differences).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from toy_nets import tiny_relu_mlp  # tests/ is on sys.path
 
 from boxhack.attacks import MonitorAttack, OptimisationAttack
 from boxhack.attacks.gradient import box_faces
@@ -23,7 +21,6 @@ from boxhack.attacks.records import within_budget
 from boxhack.attacks.verify import decide
 from boxhack.monitor import BoxMonitor, MeanBallMonitor, PatternMonitor, ZoneMonitor
 
-SHAPE = (1, 6, 6)
 MONITORS = ["ball", "zone", "pattern", "box"]
 # successes the minimal-norm gradient attack must find of 10 inputs (measured: 5, 10, 9, 10 for
 # "dos"; all 10 for "intrude"). A mean-ball holds most of its class's region. A pattern's DoS
@@ -35,23 +32,7 @@ BUDGET = {"l2": 1.0, "linf": 0.15}
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(36, 3)).astype(np.float32)
-    x = rng.random((900, *SHAPE), dtype=np.float32)
-    y = ((x.reshape(len(x), -1) - 0.5) @ w).argmax(1)
-    net = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(36, 24), relu1=nn.ReLU(), fc2=nn.Linear(24, 12),
-        relu2=nn.ReLU(), fc3=nn.Linear(12, 3),
-    ))  # fmt: skip
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    xt, yt = torch.as_tensor(x[:500]), torch.as_tensor(y[:500])
-    with torch.random.fork_rng():
-        for _ in range(150):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(xt), yt).backward()
-            opt.step()
-    net.eval()
+    net, x, y = tiny_relu_mlp(900)
     fit = (net, ["fc2"], x[:500], y[:500])
     monitors = {
         "ball": MeanBallMonitor(n_clusters=2).fit(*fit),

@@ -7,12 +7,10 @@ Every success asserted here is re-checked independently with ``monitor.predict``
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from toy_nets import SHAPE, tiny_relu_mlp  # tests/ is on sys.path
 
 from boxhack.attacks.gradient import (
     GOALS_SUPPORTED,
@@ -27,28 +25,10 @@ from boxhack.attacks.records import norm_of, within_budget
 from boxhack.errors import BoxhackError
 from boxhack.monitor import BoxMonitor
 
-SHAPE = (1, 6, 6)
-
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(36, 3)).astype(np.float32)
-    x = rng.random((1400, *SHAPE), dtype=np.float32)
-    y = ((x.reshape(len(x), -1) - 0.5) @ w).argmax(1)
-    net = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(), fc1=nn.Linear(36, 24), relu1=nn.ReLU(), fc2=nn.Linear(24, 12),
-        relu2=nn.ReLU(), fc3=nn.Linear(12, 3),
-    ))  # fmt: skip
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    xt, yt = torch.as_tensor(x[:500]), torch.as_tensor(y[:500])
-    with torch.random.fork_rng():
-        for _ in range(150):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(xt), yt).backward()
-            opt.step()
-    net.eval()
+    net, x, y = tiny_relu_mlp(1400)
     monitor = BoxMonitor(n_clusters=1).fit(net, ["relu2"], x[:500], y[:500])
     held = x[500:]
     _, acc = monitor.predict(net, held)

@@ -30,7 +30,7 @@ from boxhack.attacks.records import fit_to_budget
 from boxhack.attacks.starts import HARDEN_STEPS, START_METHODS, harden, pull_towards
 from boxhack.attacks.verify import AttackResult, as_batch, verify
 from boxhack.errors import BoxhackError
-from boxhack.models.domain import DEFAULT_BOUNDS, input_bounds, unit_domain
+from boxhack.models.domain import DEFAULT_BOUNDS, from_unit, input_bounds, to_unit, unit_domain
 
 __all__ = ["DECISION_ATTACKS", "HARDEN_STEPS", "START_METHODS", "DecisionOnlyAttack",
            "decision_attack", "find_starting_points", "harden", "pull_towards"]
@@ -103,22 +103,19 @@ class DecisionOnlyAttack(FoolboxAttack):
         scale = hi - lo
         x0 = as_batch(inputs, "inputs", bounds=(lo, hi))
 
-        def to_unit(a, what: str):
-            a = as_batch(a, what, x0.shape[1:], (lo, hi))
-            return ((a.astype(np.float64) - lo) / scale).clip(0, 1).astype(np.float32)
+        def unit(a, what: str):
+            return to_unit(as_batch(a, what, x0.shape[1:], (lo, hi)), (lo, hi))
 
         labels = labels_or_predictions(model, monitor, x0, labels)
         eps = [self.epsilon] if epsilons is None else list(epsilons)
         u_eps = [None if e is None else float(e) / scale for e in eps]
-        u0 = to_unit(x0, "inputs")
+        u0 = unit(x0, "inputs")
         res = super().sweep(unit_domain(model), monitor, u0, labels, u_eps, goal=goal,
-                            starts=None if starts is None else to_unit(starts, "starts"),
-                            pool=None if pool is None else to_unit(pool, "pool"))  # fmt: skip
+                            starts=None if starts is None else unit(starts, "starts"),
+                            pool=None if pool is None else unit(pool, "pool"))  # fmt: skip
         out = []
         for e, r in zip(eps, res):
-            moved = r.x.astype(np.float64) - u0.astype(np.float64)
-            x = np.clip(x0.astype(np.float64) + scale * moved, lo, hi).astype(np.float32)
-            x = np.where(moved == 0, x0, x)
+            x = from_unit(x0, u0, r.x, (lo, hi))
             if e is not None:
                 x = fit_to_budget(x0, x, self.spec.norm, e)
             info = {**r.info, "epsilon": e, "bounds": [lo, hi],

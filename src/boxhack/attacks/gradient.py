@@ -67,7 +67,7 @@ from boxhack.attacks.base import Attack, check_options
 from boxhack.attacks.records import fit_to_budget
 from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
-from boxhack.models.domain import input_bounds, unit_domain
+from boxhack.models.domain import from_unit, input_bounds, to_unit, unit_domain
 from boxhack.models.layers import is_relu_layer, tap
 
 __all__ = ["GOALS_SUPPORTED", "MODES", "NORMS", "MonitorAttack", "attack", "box_faces",
@@ -462,15 +462,12 @@ class MonitorAttack(Attack):
         x0 = as_batch(inputs, "inputs", bounds=(lo, hi))
         unit = copy.copy(self)
         unit.epsilon = None if self.epsilon is None else float(self.epsilon) / scale
-        u0 = ((x0.astype(np.float64) - lo) / scale).clip(0, 1).astype(np.float32)
-        us = None if starts is None else (
-            (as_batch(starts, "starts", bounds=(lo, hi)).astype(np.float64) - lo) / scale
-        ).clip(0, 1).astype(np.float32)  # fmt: skip
+        u0 = to_unit(x0, (lo, hi))
+        us = None if starts is None else to_unit(as_batch(starts, "starts", bounds=(lo, hi)),
+                                                 (lo, hi))
         res = unit.run(unit_domain(model), monitor, u0, labels=labels, targets=targets,
                        starts=us)
-        moved = res.x.astype(np.float64) - u0.astype(np.float64)
-        x = np.clip(x0.astype(np.float64) + scale * moved, lo, hi).astype(np.float32)
-        x = np.where(moved == 0, x0, x)
+        x = from_unit(x0, u0, res.x, (lo, hi))
         caps = np.full(len(x0), math.inf if self.epsilon is None else float(self.epsilon))
         x = fit_to_budget(x0, x, self.norm, caps)
         out = verify(model, monitor, x0, x, self.goal, labels=res.labels, targets=res.targets)

@@ -82,7 +82,7 @@ from boxhack.attacks.subspace import make_space, parse_space
 from boxhack.attacks.verify import AttackResult, as_batch, decide, starting_state, verify
 from boxhack.errors import BoxhackError
 from boxhack.infra.sandbox import Outcome, SandboxPool, Task, TaskContext, shared_pool
-from boxhack.models.domain import DEFAULT_BOUNDS, input_bounds, unit_domain
+from boxhack.models.domain import DEFAULT_BOUNDS, from_unit, input_bounds, to_unit, unit_domain
 
 __all__ = ["ENCODINGS", "GOALS", "NORMS", "OUTCOMES", "SOLVERS", "OptimisationAttack",
            "n_variables", "optimise_attack", "solver_settings"]
@@ -243,21 +243,17 @@ class OptimisationAttack(Attack):
         met the goal in the unit box but not after the mapping (float rounding on a face) is
         pushed slightly further along its direction (:data:`PUSHES`), checked there too."""
         lo, hi = input_bounds(model)
-        scale = hi - lo
         model.eval()
         x0_arr, shape = _as_inputs(model, x0, input_shape, bounds=(lo, hi))
 
-        def to_unit(a: np.ndarray) -> np.ndarray:
-            return ((a.astype(np.float64) - lo) / scale).clip(0, 1).astype(np.float32)
-
-        u0 = to_unit(x0_arr)
-        us = None if starts is None else to_unit(as_batch(starts, "starts", shape, (lo, hi)))
-        ut = None if train_inputs is None else to_unit(np.asarray(train_inputs, np.float32))
+        u0 = to_unit(x0_arr, (lo, hi))
+        us = None if starts is None else to_unit(as_batch(starts, "starts", shape, (lo, hi)),
+                                                 (lo, hi))
+        ut = (None if train_inputs is None
+              else to_unit(np.asarray(train_inputs, np.float32), (lo, hi)))
         res = self._attack(unit_domain(model), monitor, u0, labels=labels, starts=us,
                            train_inputs=ut, input_shape=shape, strict=strict)  # fmt: skip
-        moved = res.x.astype(np.float64) - u0.astype(np.float64)
-        x = np.clip(x0_arr.astype(np.float64) + scale * moved, lo, hi).astype(np.float32)
-        x = np.where(moved == 0, x0_arr, x)
+        x = from_unit(x0_arr, u0, res.x, (lo, hi))
         labels_arr = res.labels
         pred0, acc0 = monitor.predict(model, x0_arr)
         out = verify(model, monitor, x0_arr, x, self.goal, labels=labels_arr, pred0=pred0,

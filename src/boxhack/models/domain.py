@@ -168,6 +168,23 @@ def input_bounds(model: nn.Module | None) -> tuple[float, float]:
     return DEFAULT_BOUNDS if dom is None else dom.bounds
 
 
+def to_unit(a: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """Inputs in ``bounds`` as points of the unit box (float32): ``(a - lo) / (hi - lo)``."""
+    lo, hi = bounds
+    return ((np.asarray(a).astype(np.float64) - lo) / (hi - lo)).clip(0, 1).astype(np.float32)
+
+
+def from_unit(x0: np.ndarray, u0: np.ndarray, u: np.ndarray,
+              bounds: tuple[float, float]) -> np.ndarray:
+    """The unit-box attack result ``u`` (started at ``u0 = to_unit(x0)``) back in ``bounds``:
+    ``x0`` plus the perturbation times ``hi - lo``, clipped; inputs the attack left alone are
+    ``x0`` bit for bit."""
+    lo, hi = bounds
+    moved = np.asarray(u).astype(np.float64) - np.asarray(u0).astype(np.float64)
+    x = np.clip(x0.astype(np.float64) + (hi - lo) * moved, lo, hi).astype(np.float32)
+    return np.where(moved == 0, x0, x)
+
+
 def unit_domain(model: nn.Module) -> nn.Module:
     """``model`` seen from [0, 1]: ``u`` in [0, 1] is the input ``lo + (hi - lo) * u`` of a
     model with bounds ``(lo, hi)`` (the model itself when its bounds are (0, 1)). Attacks

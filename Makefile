@@ -29,6 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/boxhack reproduce --quick --out runs/demo
 
 test: $(STAMP)
+	$(PY) scripts/check-conflict-markers  # a half-resolved merge must not land
 	$(VENV)/bin/lint-imports --no-cache  # the layers of docs/architecture.md
 	$(PY) -m pytest -q -n 2 --dist loadfile
 

@@ -35,3 +35,39 @@ def test_architecture_names_every_layer_of_the_contract():
     layers = next(c["layers"] for c in contracts["contracts"] if c["type"] == "layers")
     doc = (ROOT / "docs/architecture.md").read_text()
     assert all(layer in doc for layer in layers)
+
+
+def _conflict_checker():
+    import importlib.machinery
+    import importlib.util
+
+    path = ROOT / "scripts" / "check-conflict-markers"
+    loader = importlib.machinery.SourceFileLoader("check_conflict_markers", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_no_tracked_file_holds_a_merge_conflict_marker():
+    """docs/abstractions.md once landed with `<<<<<<< HEAD` ... `>>>>>>> h13e` in it."""
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    checker = _conflict_checker()
+    hits = {str(p.relative_to(ROOT)): checker.markers(p.read_text(errors="replace"))
+            for p in checker.tracked_files(ROOT) if p.is_file()
+            and b"\0" not in p.read_bytes()[:8192]}
+    assert {k: v for k, v in hits.items() if v} == {}
+
+
+def test_the_conflict_checker_finds_markers_and_spares_underlines(tmp_path):
+    checker = _conflict_checker()
+    conflicted = "a\n<<<<<<< HEAD\nours\n=======\ntheirs\n>>>>>>> branch\nb\n"
+    assert [n for n, _ in checker.markers(conflicted)] == [2, 4, 6]
+    assert checker.markers("Title\n=======\n\ntext with <<<<<<<< in it\n") == []
+    bad = tmp_path / "bad.md"
+    bad.write_text(conflicted)
+    assert checker.main([str(bad)]) == 1
+    assert checker.main([str(tmp_path / "missing.md")]) == 0

@@ -46,8 +46,10 @@ def test_scipy_attack_on_0_255_matches_the_unit_model(xor, solver, goal):
     assert big.x.max() > 1  # user units, not the unit box
     ok = big.success
     # the solves run on the same unit problem up to float32 rounding of the rescaling: SLSQP
-    # lands on the same point; COBYLA stops within its own tolerance (measured: <= 1.1e-3)
-    rtol = 1e-3 if solver == "slsqp" else 5e-3
+    # lands on the same point; COBYLA, derivative-free, takes another path from the first
+    # rounding on and stops within its own trust-region tolerance (measured: <= 1.1e-3 with
+    # SciPy 1.15, 9e-3 with SciPy 1.17)
+    rtol = 1e-3 if solver == "slsqp" else 2e-2
     assert np.allclose(big.l2[ok], 255 * unit.l2[ok], rtol=rtol), (big.l2, 255 * unit.l2)
     # an untouched coordinate stays bit for bit
     same = (big.x == big.x0)

@@ -91,6 +91,40 @@ def test_experiment_contract_resume_and_summarise(small, tmp_path):
     assert len(read_rows(exp_dir / "rows.jsonl")) == len(rows)
     ctx = RunContext(out_dir=tmp_path, models_root=small["root"])
     assert EXPERIMENT.summarise(config, rows, ctx)["tables"] == summary["tables"]
+    _verify_rederives_rows_and_summary(tmp_path, n_records)
+
+
+def _verify_rederives_rows_and_summary(run_dir, n_records):
+    """`boxhack verify` re-derives each row's recorded outcomes and the summary from the rows:
+    an edited count in summary.json or an edited prediction in a row is reported, exit 1."""
+    from boxhack.workflow.runner import summarise
+    from boxhack.workflow.verification import verify_run
+
+    summarise("gradient", run_dir)
+    s = verify_run(run_dir)
+    assert s.ok and s.linked == n_records and s.summaries == 1 and not s.disagreements
+    path = run_dir / "gradient" / "summary.json"
+    pristine = path.read_text()
+    stored = json.loads(pristine)
+    stored["tables"][0]["rows"][0][4] += 1  # "successes" of the first cell
+    path.write_text(json.dumps(stored))
+    s = verify_run(run_dir)
+    assert not s.ok and [d["field"] for d in s.disagreements] == ["tables[0].rows[0][4]"]
+    assert cli_main(["verify", str(run_dir)]) == 1
+    path.write_text(pristine)
+    rows_file = run_dir / "gradient" / "rows.jsonl"
+    lines = rows_file.read_text().splitlines()
+    for i, line in enumerate(lines):
+        row = json.loads(line)
+        if row.get("result", {}).get("attacks"):
+            j = row["result"]["success"].index(1)
+            row["result"]["pred"][j] = (row["result"]["pred"][j] + 1) % 3
+            lines[i] = json.dumps(row)
+            break
+    rows_file.write_text("\n".join(lines) + "\n")
+    s = verify_run(run_dir)
+    assert not s.ok and s.hold == s.claimed
+    assert any(d["field"] == "pred" and d["sample"] == j for d in s.disagreements)
 
 
 def test_experiment_takes_its_lock_before_writing_anything(tmp_path):

@@ -146,9 +146,12 @@ def test_one_flipped_bit_in_a_stored_input_is_caught(run, capsys):
     s = verify_path(run["root"])
     assert not s.ok and s.hold == s.claimed - 1
     assert s.failures == [{"experiment": "solvers", "key": "a", "record": 0, "sample": sample,
-                           "goal": "dos", "pred0": int(dos.pred0[sample]),
-                           "pred": int(dos.pred0[sample]), "accepted": True,
-                           "within_budget": True}]  # fmt: skip
+                           "goal": "dos", "check": s.failures[0]["check"],
+                           "reason": s.failures[0]["reason"], "pred0": int(dos.pred0[sample]),
+                           "pred": None, "accepted": None, "within_budget": True}]  # fmt: skip
+    # the sign bit made a pixel negative: outside [0, 1], and that is what is said
+    assert s.failures[0]["check"] == "bounds"
+    assert s.failures[0]["reason"].startswith("outside the input bounds [0, 1] at pixel ")
     assert main(["verify", str(run["root"])]) == 1
     out = capsys.readouterr().out
     assert f"{s.claimed} stored successes re-checked: {s.hold} hold" in out
@@ -182,6 +185,9 @@ def test_a_budget_is_checked_exactly(run):
     assert set_eps(worst).ok  # exactly at the budget: inclusive
     s = set_eps(float(np.nextafter(worst, 0)))  # one float64 step below the largest norm
     assert not s.ok and any(not f["within_budget"] for f in s.failures)
+    assert [f["check"] for f in s.failures] == ["budget"]
+    assert s.failures[0]["reason"] == (f"over the budget: l2 norm {worst!r} > eps "
+                                       f"{float(np.nextafter(worst, 0))!r}")
 
 
 def test_a_changed_model_is_a_clear_error(run, trained):
@@ -250,3 +256,142 @@ def test_nothing_named_by_the_run_is_imported(run):
     sys.modules.pop("this", None)
     assert verify_path(root).ok
     assert "this" not in sys.modules and "evil_module_h4" not in sys.modules
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (np.nextafter(np.float32(1), np.float32(2)), "1.0000001"), (np.float32(-0.5), "-0.5")])
+def test_an_input_outside_the_bounds_says_so_not_the_verdict_of_another_input(run, capsys,
+                                                                               value, text):
+    """A stored pixel at 1.0000001 or -0.5 on a [0, 1] model fails on its bounds, and the
+    message names the pixel and its value, not the clipped or original input's verdict."""
+    rec = run["records"][0]
+    sample = int(np.flatnonzero(rec["success"])[0])
+    x = decode_array(rec["x"])
+    x.reshape(len(x), -1)[sample, 1] = value
+    exp = run["root"] / "bounds"
+    exp.mkdir()
+    append_row(exp / "rows.jsonl", {"key": "k", "result": {"attacks": [
+        dict(rec, x=encode_array(x))]}})  # fmt: skip
+    s = verify_path(exp)
+    reason = f"outside the input bounds [0, 1] at pixel 1 (value {text})"
+    assert [(f["sample"], f["check"], f["reason"]) for f in s.failures] == [
+        (sample, "bounds", reason)]
+    assert s.failures[0]["pred"] is None and s.failures[0]["accepted"] is None
+    assert main(["verify", str(exp)]) == 1
+    out = capsys.readouterr().out
+    assert f"sample {sample}: goal dos: {reason}" in out
+
+
+def test_failure_reasons_come_in_order_bounds_budget_eligibility_prediction_monitor():
+    from boxhack.attacks.records import failure_reason
+    from boxhack.attacks.verify import AttackResult
+
+    def result(goal="dos", x=0.5, pred=0, accepted=False, pred0=0, accepted0=True, label=0,
+               target=None):
+        one = lambda v, t=None: np.asarray([v], dtype=t)
+        r = AttackResult(goal=goal, x0=np.full((1, 2), 0.5, np.float32),
+                         x=np.asarray([[0.5, x]], np.float32), success=one(False, bool),
+                         pred0=one(pred0), pred=one(pred), accepted0=one(accepted0, bool),
+                         accepted=one(accepted, bool), l1=one(0.0), l2=one(0.0), linf=one(0.0),
+                         labels=one(label), targets=None if target is None else one(target))
+        from boxhack.attacks.verify import starting_state
+
+        r.eligible, r.already = starting_state(goal, r.pred0, r.accepted0, r.labels, r.targets)
+        return r
+
+    bounds = (0.0, 1.0)
+    budget = {"norm": "linf", "eps": 0.1}
+    # every check fails at once: bounds is named
+    worst = result(x=np.float32(1.5), pred=1, accepted=True, accepted0=False)
+    assert failure_reason(worst, 0, bounds, budget)[0] == "bounds"
+    assert failure_reason(result(x=np.nan), 0, bounds, None) == (
+        "bounds", "not a finite number at pixel 1 (value nan)")
+    over = result(x=0.9, pred=1, accepted=True, accepted0=False)
+    assert failure_reason(over, 0, bounds, budget) == (
+        "budget", f"over the budget: linf norm {float(np.float32(0.9)) - 0.5!r} > eps 0.1")
+    assert failure_reason(over, 0, bounds, None)[0] == "eligibility"  # x0 already rejected
+    wrong = result(pred=1, accepted=True, label=2)  # x0 misclassified: not eligible for dos
+    assert failure_reason(wrong, 0, bounds, None) == ("eligibility", (
+        "not eligible: goal dos starts from correctly classified inputs, the original is "
+        "class 0 with label 2"))
+    assert failure_reason(result(pred=1, accepted=True), 0, bounds, None) == (
+        "prediction", "the model predicts class 1; goal dos needs the original's class 0")
+    assert failure_reason(result(pred=0, accepted=True), 0, bounds, None) == (
+        "monitor", "the monitor accepts it (class 0); goal dos needs a rejection")
+    assert failure_reason(result(), 0, bounds, None) == ("", "")  # it meets the goal
+    intr = result(goal="intrude-target", pred=1, accepted=False, accepted0=False, target=2)
+    assert failure_reason(intr, 0, bounds, None) == (
+        "prediction", "the model predicts class 1; goal intrude-target needs the target class 2")
+    comb = result(goal="combined", pred=0, accepted=True, accepted0=True, label=1)
+    assert failure_reason(comb, 0, bounds, None)[0] == "eligibility"  # misclassified, accepted
+    comb = result(goal="combined", pred=0, accepted=False, accepted0=True, label=0)
+    assert failure_reason(comb, 0, bounds, None) == (
+        "prediction", ("the model predicts class 0; goal combined needs a class other than the "
+                      "label 0"))
+
+
+@pytest.fixture
+def linked(run, trained):
+    """An experiment whose row records every per-sample outcome of a DoS attack, as the
+    gradient experiment does, and links its record (the successes) to them."""
+    from boxhack.attacks.records import OUTCOMES
+
+    # a DoS attack within a budget so small that it fails on some inputs
+    monitor = BoxMonitor.load(run["root"] / "models" / "monitors" / "xor-k2.npz")
+    dos = _attack(run["model"], monitor, trained[0], "dos", n=5, mode="budget", epsilon=0.1)
+    assert 0 < dos.success.sum() < len(dos)
+    refs = {k: run["records"][0][k] for k in ("model", "monitor")}
+    rec = attack_record(dos, **refs, select=dos.success, outcomes={k: k for k in OUTCOMES},
+                        budget={"norm": "l2", "eps": 0.1},
+                        counts={"success": "n_success"})  # fmt: skip
+    result = {k: getattr(dos, k).tolist() for k in OUTCOMES}
+    result.update(n_success=int(dos.success.sum()), attacks=[rec])
+    exp = run["root"] / "linked"
+    exp.mkdir()
+    append_row(exp / "rows.jsonl", {"key": "k", "result": result})
+    return {**run, "exp": exp, "attack": dos}
+
+
+def _edit_linked(linked, edit):
+    _rewrite_rows(linked["exp"] / "rows.jsonl",
+                  lambda row: {**row, "result": edit(dict(row["result"]))})
+
+
+def test_recorded_outcomes_that_agree_pass(linked):
+    s = verify_path(linked["exp"])
+    assert s.ok and s.linked == 1 and s.disagreements == []
+
+
+@pytest.mark.parametrize("what", ["pred", "accepted", "l2", "linf", "success-elsewhere", "count",
+                                  "missing"])
+def test_an_edited_recorded_outcome_is_caught(linked, capsys, what):
+    """The summary and report are built from the rows' recorded outcomes: a row that says
+    something the stored inputs do not is reported, and the exit status is non-zero."""
+    dos = linked["attack"]
+    stored = int(np.flatnonzero(dos.success)[0])
+    failed = np.flatnonzero(~dos.success)
+
+    def edit(res):
+        if what == "pred":
+            res["pred"][stored] = (res["pred"][stored] + 1) % 2
+        elif what == "accepted":
+            res["accepted"][stored] = not res["accepted"][stored]
+        elif what in ("l2", "linf"):
+            res[what][stored] = float(np.nextafter(res[what][stored], 0))  # one ulp
+        elif what == "success-elsewhere":
+            res["success"][int(failed[0])] = True  # a success whose input is not stored
+        elif what == "count":
+            res["n_success"] += 1
+        else:
+            del res["l1"]
+        return res
+
+    _edit_linked(linked, edit)
+    s = verify_path(linked["exp"])
+    assert not s.ok and s.hold == s.claimed  # every stored input still holds
+    assert len(s.disagreements) == 1
+    d = s.disagreements[0]
+    field = {"success-elsewhere": "success", "count": "n_success", "missing": "l1"}.get(what, what)
+    assert d["field"] == field and d["key"] == "k"
+    assert main(["verify", str(linked["exp"])]) == 1
+    assert f"DISAGREES: linked row 'k' record 0: {field}" in capsys.readouterr().out

@@ -29,22 +29,27 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from boxhack.attacks.verify import AttackResult, check_goal, verify
+from boxhack.attacks.verify import AttackResult, check_goal, goal_conditions, verify
 from boxhack.errors import BoxhackError
 from boxhack.infra.arrays import decode_array, encode_array
 from boxhack.infra.files import atomic_path
+from boxhack.models.domain import input_bounds
 
 __all__ = [
+    "CHECKS",
+    "OUTCOMES",
     "RECORD_VERSION",
     "Recheck",
     "attack_record",
+    "cross_check",
+    "failure_reason",
     "file_ref",
     "fit_to_budget",
     "load_attack",
@@ -165,6 +170,13 @@ def fit_to_budget(x0: np.ndarray, x: np.ndarray, norm: str, eps) -> np.ndarray:
     return out
 
 
+OUTCOMES = ("success", "pred0", "pred", "accepted0", "accepted", "eligible", "already",
+            "l1", "l2", "linf")
+_BOOLS = ("success", "accepted0", "accepted", "eligible", "already")
+
+RowPath = Sequence[str | int]
+
+
 def attack_record(
     result: AttackResult,
     *,
@@ -172,11 +184,21 @@ def attack_record(
     monitor: Mapping[str, str],
     budget: Mapping[str, Any] | None = None,
     select: np.ndarray | None = None,
+    at: RowPath = (),
+    outcomes: Mapping[str, str | RowPath] | None = None,
+    counts: Mapping[str, str | RowPath] | None = None,
 ) -> dict[str, Any]:
     """A record of ``result`` (all samples, or the boolean/int selection ``select``).
 
     ``model`` and ``monitor`` are references from :func:`file_ref`; ``budget`` is
     ``{"norm": "l2"|"l1"|"linf", "eps": float}`` when the attack had one.
+
+    ``outcomes`` / ``counts`` link the record to what its row says about it, so that
+    ``boxhack verify`` can re-derive the row (:func:`cross_check`): ``at`` is where, in the
+    row's result, the per-sample lists of ``result`` lie (keys and list positions; ``()`` = the
+    result itself); ``outcomes`` maps an outcome of :data:`OUTCOMES` to the key (or key path)
+    under ``at`` of its per-sample list, or of its value when ``result`` has one sample;
+    ``counts`` maps ``"success"`` to the key of a count of ``result``'s successes.
     """
     idx = np.arange(len(result)) if select is None else np.asarray(select)
     if idx.dtype == bool:
@@ -186,7 +208,7 @@ def attack_record(
             raise BoxhackError(f"budget norm must be one of {NORMS}, got {budget.get('norm')!r}")
         budget = {"norm": str(budget["norm"]),
                   "eps": None if budget.get("eps") is None else float(budget["eps"])}
-    return {
+    record = {
         "record": RECORD_VERSION,
         "model": dict(model),
         "monitor": dict(monitor),
@@ -198,22 +220,123 @@ def attack_record(
         "success": result.success[idx].astype(bool).tolist(),
         "budget": budget,
     }
+    if outcomes or counts:
+        unknown = sorted(set(outcomes or {}) - set(OUTCOMES)) + sorted(set(counts or {}) - {"success"})
+        if unknown:
+            raise BoxhackError(f"cannot link outcomes {unknown}; known: {', '.join(OUTCOMES)}")
+        record["row"] = {"at": list(at), "positions": idx.tolist(),
+                         "outcomes": {k: _as_path(v) for k, v in (outcomes or {}).items()},
+                         "counts": {k: _as_path(v) for k, v in (counts or {}).items()}}
+    return record
+
+
+def _as_path(key: str | RowPath) -> list:
+    return [key] if isinstance(key, str) else list(key)
+
+
+_MISSING = object()
+
+
+def _same(name: str, recorded: Any, value: bool | float) -> bool:
+    """Does a row's recorded ``name`` equal the re-computed ``value`` (exactly)?"""
+    if name in _BOOLS:
+        return recorded in (0, 1) and bool(recorded) == value
+    if name in ("pred0", "pred"):
+        return type(recorded) is int and recorded == value
+    return isinstance(recorded, (int, float)) and float(recorded) == value
+
+
+def _follow(value: Any, path: Sequence[Any]) -> Any:
+    for step in path:
+        if isinstance(value, Mapping) and isinstance(step, str) and step in value or isinstance(value, list) and isinstance(step, int) and -len(value) <= step < len(value):
+            value = value[step]
+        else:
+            return _MISSING
+    return value
+
+
+def cross_check(row_result: Mapping[str, Any], record: Mapping[str, Any],
+                checked: Recheck) -> list[dict[str, Any]]:
+    """Where the row disagrees with the re-computed outcomes of its record ``record``
+    (``checked``, from :func:`recheck`), following the record's ``"row"`` link (see
+    :func:`attack_record`). One dict per disagreement: ``field`` (its path in the row),
+    ``sample`` (the position in that list, or ``None``), ``recorded``, ``recomputed``.
+
+    The per-sample values must equal the re-computed ones exactly (norms too: both are the
+    float64 norm of the same float32 arrays). A row that claims a success at a position the
+    record does not store is a disagreement (a success without its input), and so is a count
+    of successes other than the number that hold. A record without a link has nothing to
+    check (``[]``).
+    """
+    link = record.get("row")
+    res = checked.result
+    if not isinstance(link, Mapping) or res is None:
+        return []
+    at = list(link.get("at") or [])
+    positions = [int(p) for p in link.get("positions") or []]
+    block = _follow(row_result, at)
+    holds = res.success & checked.within
+    recomputed = {"success": holds, **{k: getattr(res, k) for k in OUTCOMES if k != "success"}}
+    out: list[dict[str, Any]] = []
+
+    def disagree(path, sample, recorded, value):
+        out.append({"field": ".".join(str(p) for p in path), "sample": sample,
+                    "recorded": recorded, "recomputed": value})
+
+    if block is _MISSING:
+        disagree(at, None, "missing", "the per-sample outcomes the record links to")
+        return out
+    for name, path in (link.get("outcomes") or {}).items():
+        values = _follow(block, path)
+        where = at + list(path)
+        if values is _MISSING:
+            disagree(where, None, "missing", f"the {name} of the stored samples")
+            continue
+        if not isinstance(values, list):
+            if positions != [0]:
+                disagree(where, None, values, f"a list of the {name} of each sample")
+                continue
+            values = [values]
+        for k, pos in enumerate(positions):
+            value = recomputed[name][k]
+            value = bool(value) if name in _BOOLS else (
+                int(value) if name in ("pred0", "pred") else float(value))  # fmt: skip
+            got = values[pos] if 0 <= pos < len(values) else _MISSING
+            if got is _MISSING or not _same(name, got, value):
+                disagree(where, pos, "missing" if got is _MISSING else got, value)
+        if name == "success" and len(values) > 1:
+            stored = set(positions)
+            for pos, got in enumerate(values):
+                if pos not in stored and got not in (0, False, None):
+                    disagree(where, pos, got, "no stored input: a success must store its input")
+    for name, path in (link.get("counts") or {}).items():
+        got = _follow(block, path)
+        if got != int(holds.sum()):
+            disagree(at + list(path), None, "missing" if got is _MISSING else got,
+                     int(holds.sum()))
+    return out
 
 
 @dataclass
 class Recheck:
-    """The outcome of re-checking one record: ``claimed`` successes, how many ``hold``."""
+    """The outcome of re-checking one record: ``claimed`` successes, how many ``hold``.
+
+    ``result`` is the re-computed :class:`~boxhack.attacks.verify.AttackResult` of the record's
+    samples and ``within`` their budget check (both ``None`` once several are added up)."""
 
     claimed: int = 0
     hold: int = 0
     samples: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    result: AttackResult | None = None
+    within: np.ndarray | None = None
 
     def add(self, other: Recheck) -> None:
         self.claimed += other.claimed
         self.hold += other.hold
         self.samples += other.samples
         self.failures.extend(other.failures)
+        self.result = self.within = None
 
 
 def _arrays(record: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -225,12 +348,63 @@ def _arrays(record: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return x0.astype(np.float32), x.astype(np.float32)
 
 
+CHECKS = ("bounds", "budget", "eligibility", "prediction", "monitor")
+
+
+def failure_reason(res: AttackResult, i: int, bounds: tuple[float, float],
+                   budget: Mapping[str, Any] | None) -> tuple[str, str]:
+    """``(check, sentence)``: the first of :data:`CHECKS` that sample ``i`` of the re-computed
+    ``res`` fails, in that order, and why in words ("outside the input bounds [0, 1] at pixel
+    17 (value 1.0000001)"). ``("", "")`` when it fails none."""
+    goal, x = res.goal, res.x[i].reshape(-1)
+    lo, hi = np.float32(bounds[0]), np.float32(bounds[1])
+    bad = np.flatnonzero(~np.isfinite(x) | (x < lo) | (x > hi))
+    if len(bad):
+        j = int(bad[0])
+        what = "not a finite number" if not np.isfinite(x[j]) else (
+            f"outside the input bounds [{float(lo):g}, {float(hi):g}]")
+        return "bounds", f"{what} at pixel {j} (value {x[j]!s})"  # float32's shortest
+    if budget and budget.get("eps") is not None:
+        norm, eps = str(budget["norm"]), float(budget["eps"])
+        value = float(norm_of(res.x0[i:i + 1], res.x[i:i + 1], norm)[0])
+        if value > eps:
+            return "budget", f"over the budget: {norm} norm {value!r} > eps {eps!r}"
+    c0, c = int(res.pred0[i]), int(res.pred[i])
+    label = None if res.labels is None else int(res.labels[i])
+    if res.already[i]:
+        state = "accepted" if res.accepted0[i] else "rejected"
+        return "eligibility", (f"not eligible: the original input already meets goal {goal} "
+                               f"(class {c0}, {state}), so it was not attacked")
+    if not res.eligible[i]:
+        return "eligibility", (f"not eligible: goal {goal} starts from correctly classified "
+                               f"inputs, the original is class {c0} with label {label}")
+    targets = None if res.targets is None else res.targets[i:i + 1]
+    labels = None if res.labels is None else res.labels[i:i + 1]
+    prediction_ok, monitor_ok = goal_conditions(goal, res.pred0[i:i + 1], res.pred[i:i + 1],
+                                                res.accepted[i:i + 1], labels, targets)
+    if not prediction_ok[0]:
+        if goal in ("dos", "intrude"):
+            need = f"the original's class {c0}"
+        elif goal == "intrude-target":
+            need = f"the target class {int(res.targets[i])}"
+        else:
+            ref = "label" if label is not None else "original's class"
+            need = f"a class other than the {ref} {label if label is not None else c0}"
+        return "prediction", f"the model predicts class {c}; goal {goal} needs {need}"
+    if not monitor_ok[0]:
+        if goal == "dos":
+            return "monitor", f"the monitor accepts it (class {c}); goal dos needs a rejection"
+        return "monitor", f"the monitor rejects it (class {c}); goal {goal} needs an acceptance"
+    return "", ""
+
+
 def recheck(record: Mapping[str, Any], model, monitor) -> Recheck:
     """Re-decide every sample of ``record`` with ``model`` and ``monitor`` (exact float32).
 
     A claimed success holds when :func:`~boxhack.attacks.verify.verify` decides success again
     and the perturbation is within the record's budget. Samples the attack did not claim are
-    re-checked too but do not count either way.
+    re-checked too but do not count either way. Each failure names the first check it fails
+    (:func:`failure_reason`: bounds, budget, eligibility, prediction, monitor).
     """
     if record.get("record") != RECORD_VERSION:
         raise BoxhackError(
@@ -245,14 +419,20 @@ def recheck(record: Mapping[str, Any], model, monitor) -> Recheck:
     labels = record.get("labels")
     targets = record.get("targets")
     res = verify(model, monitor, x0, x, goal, labels=labels, targets=targets)
-    ok = res.success & within_budget(x0, x, record.get("budget"))
+    within = within_budget(x0, x, record.get("budget"))
+    ok = res.success & within
     holds = claimed & ok
-    out = Recheck(claimed=int(claimed.sum()), hold=int(holds.sum()), samples=len(x))
+    out = Recheck(claimed=int(claimed.sum()), hold=int(holds.sum()), samples=len(x),
+                  result=res, within=within)  # fmt: skip
+    bounds = input_bounds(model)
     for i in np.flatnonzero(claimed & ~ok)[:20]:
+        check, reason = failure_reason(res, int(i), bounds, record.get("budget"))
+        in_bounds = check != "bounds"  # the verdicts of an invalid input are not its own
         out.failures.append({
-            "sample": int(i), "goal": goal, "pred0": int(res.pred0[i]), "pred": int(res.pred[i]),
-            "accepted": bool(res.accepted[i]),
-            "within_budget": bool(within_budget(x0[i:i + 1], x[i:i + 1], record.get("budget"))[0]),
+            "sample": int(i), "goal": goal, "check": check, "reason": reason,
+            "pred0": int(res.pred0[i]), "pred": int(res.pred[i]) if in_bounds else None,
+            "accepted": bool(res.accepted[i]) if in_bounds else None,
+            "within_budget": bool(within[i]),
         })  # fmt: skip
     return out
 

@@ -139,6 +139,35 @@ def check_goal(goal: str) -> str:
     return goal
 
 
+def goal_conditions(
+    goal: str,
+    pred0: np.ndarray,
+    pred: np.ndarray,
+    accepted: np.ndarray,
+    labels: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(prediction_ok, monitor_ok)`` per sample: the two halves of ``goal``'s success rule
+    (see the module docstring); :func:`decide` is their conjunction."""
+    check_goal(goal)
+    pred, accepted = np.asarray(pred), np.asarray(accepted, dtype=bool)
+    everyone = np.ones(len(pred), dtype=bool)
+    if goal == "dos":
+        return pred == pred0, ~accepted
+    if goal == "intrude":
+        return pred == pred0, accepted.copy()
+    if goal == "intrude-any":
+        return everyone, accepted.copy()
+    if goal == "intrude-target":
+        if targets is None:
+            raise BoxhackError("goal 'intrude-target' needs target classes")
+        return pred == targets, accepted.copy()
+    reference = labels if labels is not None else pred0
+    if goal == "combined":
+        return pred != reference, accepted.copy()
+    return pred != reference, everyone  # misclassify
+
+
 def decide(
     goal: str,
     pred0: np.ndarray,
@@ -148,21 +177,8 @@ def decide(
     targets: np.ndarray | None = None,
 ) -> np.ndarray:
     """The success rule of each goal, on verdicts already computed (see module docstring)."""
-    check_goal(goal)
-    if goal == "dos":
-        return (pred == pred0) & ~accepted
-    if goal == "intrude":
-        return (pred == pred0) & accepted
-    if goal == "intrude-any":
-        return accepted.copy()
-    if goal == "intrude-target":
-        if targets is None:
-            raise BoxhackError("goal 'intrude-target' needs target classes")
-        return (pred == targets) & accepted
-    reference = labels if labels is not None else pred0
-    if goal == "combined":
-        return (pred != reference) & accepted
-    return pred != reference  # misclassify
+    prediction_ok, monitor_ok = goal_conditions(goal, pred0, pred, accepted, labels, targets)
+    return prediction_ok & monitor_ok
 
 
 def starting_state(

@@ -16,8 +16,13 @@ def register(sub) -> None:
             "directory (every <experiment>/rows.jsonl, newest row per key) or in a file written "
             "by an attack command's --save. The model directory and monitor file each record "
             "names must still have the SHA-256 it recorded. Prints how many stored successes "
-            "hold, per experiment, and lists those that do not. Exit status: 0 all hold, 1 some "
-            "do not, 2 bad input (missing or changed files, damaged records)."
+            "hold, per experiment, and lists those that do not, each with the first check it fails "
+            "(input bounds, budget, eligibility, prediction, monitor decision). Also re-derives "
+            "what the summaries and reports are built from: each row's recorded per-sample "
+            "outcomes and norms of its stored attacks, and each summary.json from its rows; "
+            "every disagreement is listed. Exit status: 0 all hold and nothing disagrees, 1 "
+            "some do not hold or disagree, 2 bad input (missing or changed files, damaged "
+            "records)."
         ),
     )
     p.add_argument("path", metavar="PATH", help="run directory or a file written by --save")
@@ -51,9 +56,9 @@ def _model_loader(args):
 
 
 def _handler(args) -> int:
-    from boxhack.experiments.recheck import verify_path  # keeps --help fast (torch)
+    from boxhack.workflow.verification import verify_run  # keeps --help fast (torch)
 
-    summary = verify_path(args.path, model_loader=_model_loader(args))
+    summary = verify_run(args.path, model_loader=_model_loader(args))
     if args.json:
         json.dump(summary.to_dict(), sys.stdout, indent=2)
         print()
@@ -64,9 +69,16 @@ def _handler(args) -> int:
                   f"({c['samples']} inputs): {c['hold']} hold")  # fmt: skip
     print(f"{summary.claimed} stored successes re-checked: {summary.hold} hold")
     for f in summary.failures:
-        print(f"FAILS: {_where(summary, f)}: goal {f['goal']}, class {f['pred0']} -> {f['pred']}, "
-              f"{'accepted' if f['accepted'] else 'rejected'}"
-              f"{'' if f['within_budget'] else ', over the budget'}")  # fmt: skip
+        print(f"FAILS: {_where(summary, f)}: goal {f['goal']}: {f['reason']}")
     if len(summary.failures) < summary.claimed - summary.hold:
         print(f"(only the first {len(summary.failures)} failures are listed)")
+    if summary.kind == "run":
+        print(f"recorded outcomes re-derived for {summary.linked} of {summary.records} records, "
+              f"{summary.summaries} summaries re-derived from their rows: "
+              f"{len(summary.disagreements)} disagreements")
+    for d in summary.disagreements:
+        where = d.get("file") or f"{d['experiment']} row {d['key']!r} record {d['record']}"
+        sample = "" if d.get("sample") is None else f" sample {d['sample']}"
+        print(f"DISAGREES: {where}: {d['field']}{sample}: recorded {d['recorded']!r}, "
+              f"re-computed {d['recomputed']!r}")
     return 0 if summary.ok else 1

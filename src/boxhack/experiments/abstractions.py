@@ -262,7 +262,9 @@ def _gradient_job(params: dict) -> dict:
         "linf": res.linf.tolist(),
         "attack_s": wall,
         "attacks": [attack_record(res, model=params["model_ref"], monitor=params["monitor_ref"],
-                                  budget=budget, select=res.success)]
+                                  budget=budget, select=res.success,
+                                  outcomes={k: k for k in ("success", "eligible", "already",
+                                                           "l2", "linf")})]
                    if res.success.any() else [],
     }  # fmt: skip
 
@@ -288,10 +290,12 @@ def _fig8_job(params: dict) -> dict:
                         "flipped": r.success.astype(int).tolist(),
                         "accepted": r.accepted.astype(int).tolist(),
                         "flipped_accepted": both.success.astype(int).tolist(),
-                        "l2": _round(r.l2)})  # fmt: skip
-        for res in (r, both):
+                        "l2": r.l2.tolist()})  # fmt: skip
+        at = ("per_eps", len(per_eps) - 1)
+        for res, flag in ((r, "flipped"), (both, "flipped_accepted")):
             if res.success.any():
-                records.append(attack_record(res, **refs, budget=budget, select=res.success))
+                records.append(attack_record(res, **refs, budget=budget, select=res.success,
+                                             at=at, outcomes={"success": flag, "l2": "l2"}))
     return {"indices": idx.tolist(), "eligible": results[0].eligible.astype(int).tolist(),
             "accepted0": results[0].accepted0.astype(int).tolist(), "per_eps": per_eps,
             "attack_s": wall, "attacks": records}  # fmt: skip
@@ -309,7 +313,9 @@ def _combined_job(params: dict) -> dict:
         records.append(attack_record(res.first, **refs, budget=res.first.info["budget"],
                                      select=res.first.success))  # fmt: skip
     if res.final.success.any():
-        records.append(attack_record(res.final, **refs, select=res.final.success))
+        records.append(attack_record(res.final, **refs, select=res.final.success,
+                                     outcomes={k: k for k in ("success", "eligible", "already",
+                                                              "l2")}))
     adv_flipped = (res.first.pred != y) & res.final.eligible
     return {
         "indices": idx.tolist(),

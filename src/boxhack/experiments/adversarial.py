@@ -163,8 +163,11 @@ def job(params: dict) -> dict:
         # per budget with a success, the successes exactly (the criterion against the target
         # monitor; each record names its budget), re-checked by `boxhack verify`
         "attacks": [attack_record(r, model=params["model_ref"], monitor=params["monitor_ref"],
-                                  budget=r.info["budget"], select=r.success)
-                    for r in results if r.success.any()],
+                                  budget=r.info["budget"], select=r.success, at=("per_eps", i),
+                                  outcomes={"pred": "pred", "success": "success", "l1": "l1",
+                                            "l2": "l2", "linf": "linf",
+                                            "accepted": ("accepted", params["target_monitor"])})
+                    for i, r in enumerate(results) if r.success.any()],
     }  # fmt: skip
 
 

@@ -131,9 +131,13 @@ def _records(res, params: dict) -> list[dict]:
     records = []
     if res.first.success.any():
         records.append(attack_record(res.first, **refs, budget=res.first.info["budget"],
-                                     select=res.first.success))
+                                     select=res.first.success, at=("adv",),
+                                     outcomes={k: k for k in ("pred", "accepted", "l1", "l2",
+                                                              "linf")}))
     if res.final.success.any():
-        records.append(attack_record(res.final, **refs, select=res.final.success))
+        records.append(attack_record(
+            res.final, **refs, select=res.final.success, at=("final",),
+            outcomes={k: k for k in ("success", "pred", "accepted", "l1", "l2", "linf")}))
     return records
 
 

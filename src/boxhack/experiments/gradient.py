@@ -30,7 +30,7 @@ import torch
 
 from boxhack.attacks.gradient import MonitorAttack
 from boxhack.attacks.orthogonal import OrthogonalAttack
-from boxhack.attacks.records import attack_record, file_ref
+from boxhack.attacks.records import OUTCOMES, attack_record, file_ref
 from boxhack.data.sampling import sample_balanced
 from boxhack.errors import BoxhackError
 from boxhack.experiments.prepared import (
@@ -118,7 +118,8 @@ def job(params: dict) -> dict:
         "row_steps": int(res.info.get("row_steps", 0)),
         # the successes, exactly (float32 bits), with the model and monitor they hold against
         "attacks": [attack_record(res, model=params["model_ref"], monitor=params["monitor_ref"],
-                                  budget=budget, select=res.success)] if n_ok else [],
+                                  budget=budget, select=res.success,
+                                  outcomes={k: k for k in OUTCOMES})] if n_ok else [],
         # which of them the examples figure shows (positions in the record above)
         "examples": list(range(min(N_EXAMPLES, n_ok))) if attack == "gradient" else [],
     }

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from boxhack.attacks.records import load_attack, recheck, resolve_ref
+from boxhack.attacks.records import cross_check, load_attack, recheck, resolve_ref
 from boxhack.errors import BoxhackError
 from boxhack.infra.jsonl import latest_by_key, read_rows
 from boxhack.models.io import load_model, sha256_file
@@ -53,17 +53,21 @@ class VerifySummary:
     hold: int = 0
     experiments: dict[str, dict[str, int]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    linked: int = 0  # records whose row outcomes were cross-checked
+    summaries: int = 0  # summary.json files re-derived from their rows (boxhack.workflow)
+    disagreements: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Every stored success holds."""
-        return self.hold == self.claimed
+        """Every stored success holds and no recorded outcome or count disagrees."""
+        return self.hold == self.claimed and not self.disagreements
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "records": self.records,
                 "samples": self.samples, "claimed": self.claimed, "hold": self.hold,
                 "ok": self.ok, "experiments": self.experiments,
-                "failures": self.failures}  # fmt: skip
+                "failures": self.failures, "linked": self.linked, "summaries": self.summaries,
+                "disagreements": self.disagreements}  # fmt: skip
 
 
 class _Loader:
@@ -145,7 +149,8 @@ class _Loader:
 
 
 def _recheck_into(summary: VerifySummary, experiment: str, record, base: Path, where: str,
-                  loader: _Loader, label: dict[str, Any]) -> None:
+                  loader: _Loader, label: dict[str, Any],
+                  row_result: Mapping[str, Any] | None = None) -> None:
     if not isinstance(record, Mapping):
         raise BoxhackError(f"{where}: a stored attack is a {type(record).__name__}, not a record")
     model, monitor = loader.pair(record, base, where)
@@ -165,6 +170,10 @@ def _recheck_into(summary: VerifySummary, experiment: str, record, base: Path, w
     summary.hold += out.hold
     for failure in out.failures:
         summary.failures.append({"experiment": experiment, **label, **failure})
+    if row_result is not None and isinstance(record.get("row"), Mapping):
+        summary.linked += 1
+        for d in cross_check(row_result, record, out):
+            summary.disagreements.append({"experiment": experiment, **label, **d})
 
 
 def _experiment_files(path: Path) -> tuple[Path, list[tuple[str, Path]]]:
@@ -212,7 +221,7 @@ def verify_path(path: str | os.PathLike, *, model_loader: Callable | None = None
             for i, record in enumerate(attacks):
                 where = f"{rows_file}, row {key!r}, record {i}"
                 _recheck_into(summary, experiment, record, run_dir, where, loader,
-                              {"key": key, "record": i})  # fmt: skip
+                              {"key": key, "record": i}, result)  # fmt: skip
     if summary.records == 0:
         raise BoxhackError(
             f"{p}: no row of {', '.join(str(f) for _, f in files)} stores attack records "

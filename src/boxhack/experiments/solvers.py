@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from boxhack.attacks.optimisation import optimise_attack
-from boxhack.attacks.records import attack_record, file_ref
+from boxhack.attacks.records import OUTCOMES, attack_record, file_ref
 from boxhack.data import load_dataset
 from boxhack.errors import BoxhackError
 from boxhack.experiments.prepared import monitor_path, prepare_monitor
@@ -459,7 +459,8 @@ def job(params: dict, run_dir=None) -> dict:
         "feat0": encode_array(np.asarray(feats[layer][0], np.float32)),
         "feat": encode_array(np.asarray(feats[layer][1], np.float32)),
         "input_shape": list(dataset.input_shape),
-        "attacks": [attack_record(result, model=params["model_ref"], monitor=params["monitor_ref"])],
+        "attacks": [attack_record(result, model=params["model_ref"], monitor=params["monitor_ref"],
+                                  outcomes={k: k for k in OUTCOMES})],
     }
 
 

@@ -32,9 +32,11 @@ and ``out/report.html`` are written from the rows (:mod:`boxhack.report.audit`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from boxhack.data.sampling import sample_balanced
 from boxhack.errors import BoxhackError
 from boxhack.infra.campaign import Job, run_campaign
 from boxhack.infra.files import atomic_write_json
+from boxhack.infra.jsonl import latest_by_key, read_rows
 from boxhack.infra.locks import exclusive
 from boxhack.models.domain import input_bounds
 from boxhack.models.layers import collect
@@ -58,7 +61,7 @@ from boxhack.monitor.evaluation import evaluate_novelty
 from boxhack.report.audit import render_audit, summarise
 from boxhack.workflow.target import Target, load_target, model_ref, start_mask
 
-__all__ = ["AuditSettings", "audit"]
+__all__ = ["AuditSettings", "audit", "resummarise"]
 
 EXPERIMENT = "audit"  # rows live in OUT/audit/rows.jsonl, where `boxhack verify OUT` looks
 MONITOR_FILE = "monitor.npz"
@@ -206,7 +209,9 @@ def _measure_robustness(ctx: _Context, goal: str, norm: str) -> dict:
             "norms": [float(v) if o else None for v, o in zip(norms, ok)],
             "norm_stats": _norm_stats(norms[ok]), "curve": curve,
             "wall_s": r.info.get("wall_s"),
-            "attacks": [attack_record(r, select=ok, **ctx.refs)] if ok.any() else []}  # fmt: skip
+            "attacks": [attack_record(r, select=ok, **ctx.refs, outcomes={norm: "norms"},
+                                      counts={"success": "success"})]
+                        if ok.any() else []}  # fmt: skip
 
 
 def _sweep_monitors(ctx: _Context) -> dict:
@@ -252,8 +257,9 @@ def _measure_adversarial(ctx: _Context, attack: str) -> dict:
     return {"attack": spec.name, "norm": spec.norm, "n": len(idx), "indices": idx.tolist(),
             "attacked": int(results[0].eligible.sum()) if results else 0, "per_eps": per_eps,
             "monitors": list(judges),
-            "attacks": [attack_record(r, budget=r.info["budget"], select=r.success, **ctx.refs)
-                        for r in results if r.success.any()]}  # fmt: skip
+            "attacks": [attack_record(r, budget=r.info["budget"], select=r.success, **ctx.refs,
+                                      at=("per_eps", i), counts={"success": "flipped"})
+                        for i, r in enumerate(results) if r.success.any()]}  # fmt: skip
 
 
 def _measure_combined(ctx: _Context) -> dict:
@@ -270,7 +276,8 @@ def _measure_combined(ctx: _Context) -> dict:
             **res.counts(), "stage": [str(v) for v in res.stage],
             "success_rate": f.success_rate if f.eligible.any() else None,
             "norm_stats_l2": _norm_stats(f.l2[ok]),
-            "attacks": [attack_record(f, select=ok, **ctx.refs)] if ok.any() else []}
+            "attacks": [attack_record(f, select=ok, **ctx.refs, counts={"success": "final_success"})]
+                        if ok.any() else []}
 
 
 # ------------------------------------------------------------------ the parent side
@@ -412,3 +419,21 @@ def audit(model: str, data: str | None, layer: str | list[str] | None, out: str 
         atomic_write_json(out / "summary.json", summary, indent=2)
         render_audit(out, summary)
         return summary
+
+
+def resummarise(out: str | Path, stored: Mapping[str, Any]) -> dict:
+    """The summary of audit directory ``out`` computed again from its rows alone, for the
+    configuration of its ``summary.json`` (``stored``): the newest row of each of its jobs, in
+    job order, summarised as :func:`audit` does; its ``timing`` holds the rows' clocks only
+    (the session's are not in the rows)."""
+    config = stored.get("config")
+    if not isinstance(config, Mapping) or not isinstance(config.get("settings"), Mapping):
+        raise BoxhackError(f"{out}/summary.json has no audit configuration (config.settings)")
+    fields = {f.name for f in dataclasses.fields(AuditSettings)}
+    given = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in config["settings"].items() if k in fields}  # fmt: skip
+    settings = AuditSettings(**given)
+    key = f"{EXPERIMENT}/{str(config.get('model_sha256'))[:12]}"
+    latest = latest_by_key(read_rows(Path(out) / EXPERIMENT / "rows.jsonl"))
+    rows = [latest[job.key] for job in _jobs(key, settings) if job.key in latest]
+    return summarise(rows, dict(config), {})

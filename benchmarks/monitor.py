@@ -37,6 +37,7 @@ and tables are printed. Run: ``python benchmarks/monitor.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -307,12 +308,14 @@ def _midpoints(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
     return out, y[idx]
 
 
-def run_family(quick: bool = False, repeats: int = 7) -> list[dict]:
+def run_family(quick: bool = False, repeats: int = 7, only: str | None = None) -> list[dict]:
     rows = []
     d = FAMILY_D
     cases = _family_cases(quick)
-    # one draw, split: the queries come from the same classes and modes as the fitted vectors
     x_all, y_all = _data(FAMILY_FIT + max(c[3] for c in cases), d, seed=1)
+    if only is not None:
+        cases = [c for c in cases if c[0] == only]
+    # one draw, split: the queries come from the same classes and modes as the fitted vectors
     x_fit, y_fit = x_all[:FAMILY_FIT], y_all[:FAMILY_FIT]
     for name, make, reference, n, m_ref, extra in cases:
         t0 = time.perf_counter()
@@ -328,6 +331,7 @@ def run_family(quick: bool = False, repeats: int = 7) -> list[dict]:
             pred = np.asarray(pred, dtype=np.int64)
             # both sides best-of-N: on shared cores any single run may lose a scheduler slice
             reps = 1 if name == "hull" else repeats
+            lps = getattr(monitor, "lp_calls", None)
             t_fast, w_fast, acc = _best_cpu(
                 lambda m=monitor, q=x_q, p=pred: m.accepts_features(q, p), reps)
             t_ref, w_ref, acc_ref = _best_cpu(
@@ -362,6 +366,8 @@ def run_family(quick: bool = False, repeats: int = 7) -> list[dict]:
                 "speedup_vs_reference_style": t_ref / t_fast,
                 "accepted_fraction": float(acc.mean()),
                 "reference_disagreements": disagree,
+                # the hull: LPs its decisions solved (the rest: exact checks without an LP)
+                **({} if lps is None else {"lp_calls": monitor.lp_calls - lps}),
                 "summary": monitor.summary()["layer_state"],
             })  # fmt: skip
             print(f"  {name:<18} {mix:<7} {n / t_fast:>12,.0f}/s vs {n / t_ref:>10,.0f}/s "
@@ -495,9 +501,21 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="10k vectors only")
     parser.add_argument("--family-only", action="store_true",
                         help="only the abstraction family (the box rows are left out)")
+    parser.add_argument("--only", default=None, metavar="NAME",
+                        help="only this abstraction of the family (e.g. hull); its rows replace "
+                             "those in OUT/monitor.json, the others are kept")
     args = parser.parse_args()
-    if args.family_only:
-        rows = run_family(quick=args.quick)
-        print_family(rows)
+    if args.only:
+        path = (Path(args.out) if args.out else Path(__file__).resolve().parent / "results")
+        path = path / "monitor.json"
+        result = json.loads(path.read_text())
+        if bool(result.get("quick")) != args.quick:
+            raise SystemExit(f"{path} was written with quick={result.get('quick')}; "
+                             "rerun with the same --quick")
+        new = run_family(quick=args.quick, only=args.only)
+        result["abstractions"] = ([r for r in result["abstractions"]
+                                   if r["abstraction"] != args.only] + new)
+        atomic_write_json(path, result, indent=2)
+        print_family(new)
     else:
         main(args.out, quick=args.quick)

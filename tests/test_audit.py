@@ -197,3 +197,30 @@ def test_default_budgets_follow_the_input_bounds():
     unit = AuditSettings(eps_l2=(0.25,)).for_bounds(0.0, 1.0)
     assert unit.eps_l2 == (0.25,) and unit.eps_linf == (0.05, 0.1, 0.2, 0.3)
     assert unit.combined_eps == 0.1
+
+
+@pytest.mark.parametrize("budget", [1, None])
+def test_a_hull_audit_is_bounded_by_its_lp_budget(user, tmp_path, capsys, budget):
+    """A convex-hull monitor's attack measures stop starting new inputs once they have solved
+    --hull-lps LPs (counted, so the same on any machine); the rows and the summary say how many
+    LPs and inputs, the rates are over the inputs reached, and everything re-verifies."""
+    out = tmp_path / "hull"
+    argv = ["audit", "--model", "test_audit:UserNet", "--weights", user["weights"],
+            "--data", user["data"], "--layer", "fc1", "--out", str(out), "--n", "12",
+            "--n-combined", "0", "--steps", "6", "--attacks", "fgsm",
+            "--sweep-clusters", "1", "--sweep-tolerances", "0", "--clusters", "1",
+            "--abstraction", "hull", "-q"]  # fmt: skip
+    if budget is not None:
+        argv += ["--hull-lps", str(budget)]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    measured = [m for m in summary["robustness"].values() if "hull_lps" in m]
+    assert measured, summary["robustness"]
+    for m in measured:
+        assert m["hull_budget"] == (1000 if budget is None else budget)
+        assert m["n_planned"] == 12 and m["n"] == m["n_attacked_within_budget"]
+        if budget == 1:  # the first chunk of 5 spends it: 5 inputs attacked, not 12
+            assert m["hull_lps"] >= 1 and m["n"] == 5
+    assert main(["verify", str(out), "--model", "test_audit:UserNet", "--weights",
+                 user["weights"]]) == 0
+    assert "0 disagreements" in capsys.readouterr().out

@@ -80,6 +80,10 @@ def register(sub) -> None:
     p.add_argument("--sweep-tolerances", type=comma_list(float), default=None,
                    metavar="T[,T...]", help="tolerances of the judging monitors "
                                             "(default 0,0.1,0.25)")
+    p.add_argument("--hull-lps", type=nonneg_int, default=1000, metavar="N",
+                   help="convex-hull monitor: LPs one attack measure may solve (default "
+                        "1000): inputs are attacked 5 at a time until it is spent, the rest "
+                        "are not attacked; the summary records the LPs and the inputs reached")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of samples and attacks")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_quiet_arg(p)
@@ -95,7 +99,7 @@ def _handler(args) -> int:
         n=args.n, n_combined=args.n_combined, clusters=args.clusters,
         threshold=args.threshold, max_clusters=args.max_clusters, tolerance=args.tolerance,
         abstraction=args.abstraction, gamma=args.gamma,
-        steps=args.steps, seed=args.seed,
+        steps=args.steps, seed=args.seed, hull_lps=args.hull_lps,
         **{k: tuple(v) for k, v in given.items() if v is not None},
     )  # fmt: skip
     summary = audit(args.model, args.data, args.layer, args.out, monitor=args.monitor,

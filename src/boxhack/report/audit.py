@@ -25,6 +25,10 @@ GOAL_WORDS = {"dos": "Attack 1 (DoS): accepted inputs made rejected, same class"
               "intrude-any": "Attack 2, any class: rejected inputs made accepted"}  # fmt: skip
 
 
+# what a convex-hull monitor's LP budget let a measure do (boxhack.workflow.audit)
+HULL_WORK = ("hull_lps", "hull_budget", "n_planned", "n_attacked_within_budget")
+
+
 def _rate(a, b) -> float | None:
     return None if not b else float(a) / float(b)
 
@@ -55,6 +59,8 @@ def summarise(rows: list[dict], config: Mapping[str, Any], timings: Mapping[str,
             out["robustness"][name.split("/", 1)[1]] = {
                 k: res.get(k) for k in ("goal", "norm", "n", "attacked", "already", "success",
                                         "success_rate", "curve", "norm_stats", "norms")}
+            out["robustness"][name.split("/", 1)[1]].update(
+                {k: res[k] for k in HULL_WORK if k in res})
         elif name.startswith("adversarial/"):
             out["adversarial"][res["attack"]] = {
                 k: res.get(k) for k in ("attack", "norm", "n", "attacked", "per_eps",

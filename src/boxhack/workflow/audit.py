@@ -45,9 +45,10 @@ import numpy as np
 import torch
 
 from boxhack.attacks.adversarial import get_spec, run_adversarial_sweep
-from boxhack.attacks.combined import combined_attack
+from boxhack.attacks.combined import CombinedResult, combined_attack
 from boxhack.attacks.gradient import MonitorAttack
 from boxhack.attacks.records import attack_record, file_ref
+from boxhack.attacks.verify import verify
 from boxhack.data.sampling import sample_balanced
 from boxhack.errors import BoxhackError
 from boxhack.infra.campaign import Job, run_campaign
@@ -94,11 +95,17 @@ class AuditSettings:
     eps_linf: tuple[float, ...] | None = None
     attacks: tuple[str, ...] = ("fgsm", "pgd-linf")
     steps: int | None = None  # gradient steps per sample (default: the attack's)
+    # LPs one attack measure may solve on a convex-hull monitor: inputs are attacked in chunks
+    # until it is spent, the rest are not attacked (the summary says how many were)
+    hull_lps: int | None = 1000
     combined_eps: float | None = None  # Linf budget of the combined attack's FGSM (0.1 x width)
     seed: int = 0
     batch_size: int = 512
 
     def __post_init__(self) -> None:
+        if self.hull_lps is not None and (not isinstance(self.hull_lps, int)
+                                          or self.hull_lps < 0):
+            raise BoxhackError(f"hull_lps must be an integer >= 0 or None, got {self.hull_lps!r}")
         for name in ("n", "n_combined", "max_clusters", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise BoxhackError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
@@ -160,6 +167,51 @@ def _job(params: dict) -> dict:
     raise BoxhackError(f"unknown audit measure {measure!r}")
 
 
+HULL_CHUNK = 5  # inputs per attack call while a hull measure is within its LP budget
+
+
+def _hull_lps(monitor) -> int | None:
+    """LPs solved so far by the convex-hull monitors in ``monitor`` (itself, or the members of
+    a composite); ``None`` when it holds none."""
+    members = getattr(monitor, "members", None) or [monitor]
+    hulls = [m for m in members if hasattr(m, "lp_calls")]
+    return sum(h.lp_calls for h in hulls) if hulls else None
+
+
+def _within_hull_budget(ctx: _Context, n: int, attack_part) -> tuple[list, dict]:
+    """Run ``attack_part(slice)`` on all ``n`` inputs, or, for a monitor with convex hulls
+    and a ``settings.hull_lps`` budget, on chunks of :data:`HULL_CHUNK` inputs in order until
+    the measure has solved that many LPs: the inputs not reached are not attacked (never
+    counted as failures). The count of LPs is exact and the same on any machine, so the
+    inputs attacked are too. Returns ``(parts, work)``; ``work`` (for the row and summary):
+    ``hull_lps`` solved, ``hull_budget``, ``n_planned``, ``n_attacked_within_budget``."""
+    start, budget = _hull_lps(ctx.monitor), ctx.settings.hull_lps
+    if start is None:
+        return [attack_part(slice(0, n))], {}
+    if budget is None:
+        parts = [attack_part(slice(0, n))]
+    else:
+        parts, done = [], 0
+        while done < n and _hull_lps(ctx.monitor) - start < budget:
+            parts.append(attack_part(slice(done, min(n, done + HULL_CHUNK))))
+            done = min(n, done + HULL_CHUNK)
+    reached = sum(len(p.stage) if hasattr(p, "stage") else len(p) for p in parts)
+    return parts, {"hull_lps": _hull_lps(ctx.monitor) - start, "hull_budget": budget,
+                   "n_planned": n, "n_attacked_within_budget": reached}
+
+
+def _joined(ctx: _Context, parts: list, goal: str | None = None):
+    """One result of several parts of the same attack, re-decided together by ``verify``."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
+    labels = None if parts[0].labels is None else cat("labels")
+    info = {k: v for k, v in parts[0].info.items() if not isinstance(v, (list, np.ndarray))}
+    info["wall_s"] = sum(float(p.info.get("wall_s") or 0.0) for p in parts)
+    return verify(ctx.target.model, ctx.monitor, cat("x0"), cat("x"), goal or parts[0].goal,
+                  labels=labels, pred0=cat("pred0"), accepted0=cat("accepted0"), info=info)
+
+
 def _measure_monitor(ctx: _Context) -> dict:
     t = ctx.target
     ds = t.dataset
@@ -197,7 +249,12 @@ def _measure_robustness(ctx: _Context, goal: str, norm: str) -> dict:
     ds = t.dataset
     attack = MonitorAttack(goal=goal, norm=norm, mode="minimal", steps=s.steps, seed=s.seed,
                            batch_size=s.batch_size, device=t.device)  # fmt: skip
-    r = attack(t.model, ctx.monitor, ds.x_test[idx], labels=ds.y_test[idx])
+    parts, work = _within_hull_budget(
+        ctx, len(idx), lambda part: attack(t.model, ctx.monitor, ds.x_test[idx[part]],
+                                           labels=ds.y_test[idx[part]]))  # fmt: skip
+    r = _joined(ctx, parts)
+    idx = idx[: len(r)]
+    out["indices"] = idx.tolist()
     norms = getattr(r, norm)
     attacked = int(r.eligible.sum())
     ok = r.success
@@ -208,7 +265,7 @@ def _measure_robustness(ctx: _Context, goal: str, norm: str) -> dict:
             "success": int(ok.sum()), "success_rate": r.success_rate if attacked else None,
             "norms": [float(v) if o else None for v, o in zip(norms, ok)],
             "norm_stats": _norm_stats(norms[ok]), "curve": curve,
-            "wall_s": r.info.get("wall_s"),
+            "wall_s": r.info.get("wall_s"), **work,
             "attacks": [attack_record(r, select=ok, **ctx.refs, outcomes={norm: "norms"},
                                       counts={"success": "success"})]
                         if ok.any() else []}  # fmt: skip
@@ -266,14 +323,23 @@ def _measure_combined(ctx: _Context) -> dict:
     s, t = ctx.settings, ctx.target
     idx = _sample(ctx, "combined", s.n_combined)
     ds = t.dataset
-    res = combined_attack(t.model, ctx.monitor, ds.x_test[idx], ds.y_test[idx], attack="fgsm",
-                          epsilon=s.combined_eps, repair="gradient", seed=s.seed,
-                          repair_options=None if s.steps is None else {"steps": s.steps},
-                          )  # fmt: skip
+    def part(sl):
+        return combined_attack(t.model, ctx.monitor, ds.x_test[idx[sl]], ds.y_test[idx[sl]],
+                               attack="fgsm", epsilon=s.combined_eps, repair="gradient",
+                               seed=s.seed,
+                               repair_options=None if s.steps is None else {"steps": s.steps},
+                               )  # fmt: skip
+
+    parts, work = _within_hull_budget(ctx, len(idx), part)
+    res = parts[0] if len(parts) == 1 else CombinedResult(
+        first=_joined(ctx, [p.first for p in parts]),
+        final=_joined(ctx, [p.final for p in parts]),
+        stage=np.concatenate([p.stage for p in parts]), info=dict(parts[0].info))
+    idx = idx[: len(res.stage)]
     f = res.final
     ok = f.success
     return {"n": len(idx), "indices": idx.tolist(), "epsilon": s.combined_eps,
-            **res.counts(), "stage": [str(v) for v in res.stage],
+            **res.counts(), **work, "stage": [str(v) for v in res.stage],
             "success_rate": f.success_rate if f.eligible.any() else None,
             "norm_stats_l2": _norm_stats(f.l2[ok]),
             "attacks": [attack_record(f, select=ok, **ctx.refs, counts={"success": "final_success"})]
